@@ -1,0 +1,46 @@
+"""The `lamo` command: a thin Typer app. Each command lives in lamo_cli/commands/<stage>.py,
+parses options and calls the matching library function in lamo_cli/stages/."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="lamo",
+    help="LaMo: self-supervised latent motion priors for CogVideoX-class video diffusion models.\n\n"
+    "Stages chain file artifacts: encode -> fit-prior -> finetune -> generate -> heatmap.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# (command name, module in lamo_cli.commands). A module that is not written yet is skipped.
+_COMMANDS = [
+    ("encode", "encode"),
+    ("fit-prior", "fit_prior"),
+    ("finetune", "finetune"),
+    ("generate", "generate"),
+    ("heatmap", "heatmap"),
+    ("world", "world"),
+    ("eval", "evaluate"),
+    ("demo", "demo"),
+]
+
+for _name, _module in _COMMANDS:
+    try:
+        _mod = importlib.import_module(f"lamo_cli.commands.{_module}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"lamo_cli.commands.{_module}":
+            raise
+        continue
+    app.command(_name, help=_mod.command.__doc__)(_mod.command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
