@@ -13,8 +13,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import click
-
 from lamo_cli.errors import LamoError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -50,7 +48,7 @@ def default_recipe_for(backbone: str | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def resolve_options(ctx: click.Context | None, stage: str, values: dict[str, Any], recipe: str | Path | None) -> dict[str, Any]:
+def resolve_options(ctx: Any, stage: str, values: dict[str, Any], recipe: str | Path | None) -> dict[str, Any]:
     """Fill options the user did not type from the recipe's [stage] table (and its `backbone`).
 
     `values` are the command's parsed options keyed by the stage function's parameter names; a
@@ -59,8 +57,9 @@ def resolve_options(ctx: click.Context | None, stage: str, values: dict[str, Any
     typed = set()
     if ctx is not None:
         for name in values:
-            source = ctx.get_parameter_source(name)
-            if source not in (None, click.core.ParameterSource.DEFAULT):
+            # Compare by name: typer vendors its own click, whose enum is not click's.
+            source = getattr(ctx.get_parameter_source(name), "name", None)
+            if source not in (None, "DEFAULT", "DEFAULT_MAP"):
                 typed.add(name)
     if recipe is None:
         recipe = default_recipe_for(values.get("backbone"))

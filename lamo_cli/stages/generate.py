@@ -1,0 +1,436 @@
+"""`lamo generate`: text-to-video with an optional LoRA / fine-tune run and Motion Prior Guidance.
+
+For every video it writes, next to each other:
+  NAME.mp4                    the decoded clip
+  NAME.json                   prompt, settings, seed, backbone, LoRA, prior, per-step guidance
+                              losses, timings, library versions
+  NAME.latent.safetensors     the final SCALED latent [T, C, h, w] (key "latent"), so `lamo heatmap`
+                              needs no re-encode
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass, field as dataclass_field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lamo_cli.errors import LamoError
+
+DEFAULT_PRIOR_DIR = "lamo-prior"  # used when --prior is not given and this folder exists
+NO_PRIOR = "none"  # `--prior none`: never guide, even if ./lamo-prior exists
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
+
+
+@dataclass
+class GeneratedVideo:
+    prompt: str
+    seed: int
+    video: Path
+    sidecar: Path
+    latent: Path
+    sampling_s: float
+    guidance_s: float
+    final_guide_loss: Optional[float]
+
+
+@dataclass
+class GenerateSummary:
+    backbone: str
+    sampler: str
+    steps: int
+    prior: Optional[str]
+    prior_note: str
+    lora: Optional[str]
+    guided: bool
+    videos: list[GeneratedVideo] = dataclass_field(default_factory=list)
+    failures: list[tuple[str, str]] = dataclass_field(default_factory=list)  # (which prompt, why)
+    load_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def sampling_s(self) -> float:
+        return sum(v.sampling_s for v in self.videos)
+
+    @property
+    def guidance_s(self) -> float:
+        return sum(v.guidance_s for v in self.videos)
+
+    @property
+    def per_step_s(self) -> float:
+        return self.sampling_s / max(1, self.steps * len(self.videos))
+
+    @property
+    def guidance_fraction(self) -> float:
+        return self.guidance_s / self.sampling_s if self.sampling_s > 0 else 0.0
+
+
+@dataclass
+class _Job:
+    prompt: str
+    index: int  # position in the prompt list (file names)
+    label: str  # how failures name it
+
+
+# ==================================================================== prompts and output names
+def read_prompts_file(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Prompts from a .txt (one per line; blank lines and `#` comments skipped) or a .jsonl file
+    (objects with a "prompt" string). Returns (prompts, bad lines as (label, reason))."""
+    path = Path(path)
+    if not path.is_file():
+        raise LamoError(f"--prompts-file {path}: no such file; pass a .txt (one prompt per line) or .jsonl file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise LamoError(f"--prompts-file {path}: not UTF-8 text; save it as UTF-8") from None
+    prompts: list[str] = []
+    bad: list[tuple[str, str]] = []
+    is_jsonl = path.suffix.lower() in (".jsonl", ".json")
+    for line_no, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or (not is_jsonl and text.startswith("#")):
+            continue
+        if not is_jsonl:
+            prompts.append(text)
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            bad.append((f"{path.name} line {line_no}", f"not valid JSON ({exc.msg})"))
+            continue
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            bad.append((f"{path.name} line {line_no}", 'needs a non-empty "prompt" string'))
+            continue
+        prompts.append(prompt.strip())
+    if not prompts and not bad:
+        raise LamoError(f"--prompts-file {path}: no prompts in it; write one prompt per line (or jsonl with \"prompt\")")
+    return prompts, bad
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "prompt"
+
+
+def batch_folder(out: str | Path) -> Path:
+    """--out as a folder for a prompt batch: `out.mp4` -> `out/`, a path without .mp4 is the folder."""
+    out = Path(out)
+    return out.with_suffix("") if out.suffix.lower() == ".mp4" else out
+
+
+def video_paths(out: str | Path, job: _Job, num_videos: int, batch: bool) -> list[Path]:
+    if batch:
+        stem = batch_folder(out) / f"{job.index:03d}-{slugify(job.prompt)}"
+    else:
+        out = Path(out)
+        stem = out.with_suffix("") if out.suffix.lower() == ".mp4" else out / f"{job.index:03d}-{slugify(job.prompt)}"
+    if num_videos == 1:
+        return [stem.with_name(stem.name + ".mp4")]
+    return [stem.with_name(f"{stem.name}-{k}.mp4") for k in range(num_videos)]
+
+
+def sidecar_paths(video: Path) -> tuple[Path, Path]:
+    """`clip.mp4` -> (`clip.json`, `clip.latent.safetensors`)."""
+    return video.with_suffix(".json"), video.with_suffix(".latent.safetensors")
+
+
+# ==================================================================== prior / LoRA
+def resolve_prior(prior: Optional[str], guidance_scale: float) -> tuple[Optional[Path], str]:
+    """Which prior folder to use, and a sentence saying why."""
+    if guidance_scale == 0:
+        return None, "guidance off (--guidance-scale 0): sampling without Motion Prior Guidance"
+    if prior is not None and str(prior).lower() == NO_PRIOR:
+        return None, "--prior none: sampling without Motion Prior Guidance"
+    if prior is None:
+        if Path(DEFAULT_PRIOR_DIR).exists():
+            return Path(DEFAULT_PRIOR_DIR), f"no --prior given: using ./{DEFAULT_PRIOR_DIR} found in the current folder"
+        return None, f"no --prior given and no ./{DEFAULT_PRIOR_DIR} here: sampling without Motion Prior Guidance"
+    path = Path(prior)
+    if not path.exists():
+        raise LamoError(f"--prior {path}: no such file or folder; pass a folder written by `lamo fit-prior` (or --prior none)")
+    return path, f"Motion Prior Guidance with prior {path}"
+
+
+def load_field(path: Path, backbone) -> tuple[torch.nn.Module, dict]:
+    from lamo_cli.stages.fit_prior import load_prior
+
+    field, config = load_prior(path, expected_fingerprint=backbone.latent_fingerprint())
+    text_dim = getattr(getattr(field, "config", None), "text_dim", None)
+    if text_dim is not None and text_dim != backbone.text_dim:
+        raise LamoError(
+            f"--prior {path}: its field expects {text_dim}-d text embeddings but {backbone.name} makes "
+            f"{backbone.text_dim}-d ones; fit a prior for this backbone with `lamo fit-prior`"
+        )
+    field = field.to(backbone.device, torch.float32).eval().requires_grad_(False)
+    return field, dict(config)
+
+
+def apply_lora(backbone, run: str | Path, scale: Optional[float]) -> dict:
+    path = Path(run)
+    if not path.exists():
+        raise LamoError(f"--lora {path}: no such run folder; pass a folder written by `lamo finetune`")
+    from lamo_cli.stages.finetune import load_run_into
+
+    applied = load_run_into(backbone, path, scale=scale)
+    record = {"run": str(path), "scale": scale}
+    if isinstance(applied, dict):
+        record.update({k: v for k, v in applied.items() if k not in ("run",)})
+    elif isinstance(applied, (int, float)) and not isinstance(applied, bool):
+        record["scale"] = float(applied)
+    return record
+
+
+# ==================================================================== provenance
+def library_versions() -> dict[str, str]:
+    import lamo_cli
+
+    versions = {"python": platform.python_version(), "lamo": lamo_cli.__version__}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _json_float(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+# ==================================================================== the stage
+def generate(
+    prompt: Optional[str] = None,
+    backbone: str = "tiny-random",
+    lora: Optional[str] = None,
+    lora_scale: Optional[float] = None,
+    prior: Optional[str] = None,
+    guidance_scale: float = 15.0,
+    guidance_window: float = 0.8,
+    steps: int = 50,
+    cfg: float = 6.0,
+    dynamic_cfg: bool = True,
+    sampler: Optional[str] = None,
+    seed: int = 42,
+    negative_prompt: str = "",
+    num_videos: int = 1,
+    prompts_file: Optional[str] = None,
+    out: str = "out.mp4",
+    fps: Optional[float] = None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    progress: bool = True,
+) -> GenerateSummary:
+    """Generate videos for PROMPT (or every prompt of --prompts-file); see the module docstring.
+
+    sampler None uses the backbone's own scheduler (DDIM for 2B, DPM for 5B). Per-video seed is
+    `seed + k` for the k-th video of a prompt. In a prompt batch a failing prompt is recorded in
+    `failures` and the rest continue; a single prompt raises.
+    """
+    from lamo_cli.backbones import load_backbone
+
+    _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out)
+    started = time.perf_counter()
+    batch = prompts_file is not None
+    failures: list[tuple[str, str]] = []
+    if batch:
+        prompts, failures = read_prompts_file(prompts_file)
+    else:
+        prompts = [prompt]
+    jobs = [_Job(text, index, f"prompt {index:03d} {text[:40]!r}") for index, text in enumerate(prompts)]
+
+    prior_path, prior_note = resolve_prior(prior, guidance_scale)
+    model = load_backbone(backbone, device=device, dtype=dtype)
+    sampler = sampler or model.sampler
+    lora_record = apply_lora(model, lora, lora_scale) if lora else None
+    fingerprint = model.latent_fingerprint()
+    motion_field, prior_config = (None, None)
+    if prior_path is not None:
+        motion_field, prior_config = load_field(prior_path, model)
+    fps = fps or model.video_format.fps
+    settings = dict(
+        backbone=str(backbone), lora=lora, lora_scale=lora_scale, prior=None if prior_path is None else str(prior_path),
+        guidance_scale=guidance_scale, guidance_window=guidance_window, steps=steps, cfg=cfg, dynamic_cfg=dynamic_cfg,
+        sampler=sampler, seed=seed, negative_prompt=negative_prompt, num_videos=num_videos, prompts_file=prompts_file,
+        out=str(out), fps=fps, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+    )
+    context = dict(
+        backbone={"name": model.name, **model.describe(), "latent_fingerprint": fingerprint, "scaling_factor": model.scaling_factor},
+        lora=lora_record,
+        prior=None if prior_path is None else {"path": str(prior_path), "config": prior_config},
+        prior_note=prior_note,
+        versions=library_versions(),
+    )
+    summary = GenerateSummary(
+        backbone=model.name, sampler=sampler, steps=steps, prior=None if prior_path is None else str(prior_path),
+        prior_note=prior_note, lora=lora, guided=motion_field is not None, failures=failures,
+        load_s=time.perf_counter() - started,
+    )
+    negative_embedding = model.encode_text([negative_prompt])
+    for job in jobs:
+        paths = video_paths(out, job, num_videos, batch)
+        try:
+            summary.videos.extend(
+                _generate_prompt(model, job, paths, negative_embedding, motion_field, settings, context, progress)
+            )
+        except Exception as exc:  # noqa: BLE001 - in a batch one bad prompt must not stop the rest
+            if not batch:
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            summary.failures.append((job.label, f"{type(exc).__name__}: {message}"[:300]))
+            _say(f"[red]failed[/] {job.label}: {summary.failures[-1][1]}")
+    summary.total_s = time.perf_counter() - started
+    return summary
+
+
+def _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out) -> None:
+    if prompt is not None and prompts_file is not None:
+        raise LamoError("give either PROMPT or --prompts-file, not both")
+    if prompt is None and prompts_file is None:
+        raise LamoError("no prompt: give PROMPT or --prompts-file FILE")
+    if prompt is not None and not prompt.strip():
+        raise LamoError("PROMPT is empty; write what the video should show")
+    if steps < 1:
+        raise LamoError(f"--steps {steps}: must be at least 1")
+    if guidance_scale < 0 or not math.isfinite(guidance_scale):
+        raise LamoError(f"--guidance-scale {guidance_scale}: must be >= 0 (0 turns Motion Prior Guidance off)")
+    if not 0.0 <= guidance_window <= 1.0:
+        raise LamoError(f"--guidance-window {guidance_window}: must be a fraction of the steps in [0, 1]")
+    if cfg < 0 or not math.isfinite(cfg):
+        raise LamoError(f"--cfg {cfg}: must be >= 0")
+    if num_videos < 1:
+        raise LamoError(f"--num-videos {num_videos}: must be at least 1")
+    if fps is not None and not fps > 0:
+        raise LamoError(f"--fps {fps}: must be positive")
+    if sampler is not None and sampler not in ("ddim", "dpm"):
+        raise LamoError(f"--sampler {sampler!r}: use 'ddim' or 'dpm'")
+    out_path = Path(out)
+    if out_path.suffix and out_path.suffix.lower() != ".mp4":
+        raise LamoError(f"--out {out}: use a .mp4 file name (or a folder name without a suffix)")
+
+
+def _say(message: str) -> None:
+    from rich.console import Console
+
+    Console(highlight=False).print(message, soft_wrap=True)
+
+
+def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, motion_field, settings, context, progress):
+    from lamo_cli.data.mp4 import write_mp4
+    from lamo_cli.fileio import save_safetensors, write_json
+    from lamo_cli.motion.field import pool_text
+    from lamo_cli.sampling import sample
+
+    tick = time.perf_counter()
+    positive = model.encode_text([job.prompt])
+    field_text = pool_text(positive)  # the POSITIVE prompt conditions the field, never the negative
+    text_s = time.perf_counter() - tick
+    made = []
+    for k, video_path in enumerate(paths):
+        seed = int(settings["seed"]) + k
+        with _StepProgress(settings["steps"], f"{video_path.name} (seed {seed})", enabled=progress) as bar:
+            latents, info = sample(
+                model,
+                positive,
+                negative_embedding,
+                num_steps=settings["steps"],
+                cfg_scale=settings["cfg"],
+                dynamic_cfg=settings["dynamic_cfg"],
+                sampler=settings["sampler"],
+                seed=seed,
+                field=motion_field,
+                field_text_pooled=field_text,
+                guidance_scale=settings["guidance_scale"],
+                guidance_window=settings["guidance_window"],
+                callback=bar.advance,
+            )
+        if not torch.isfinite(latents).all():
+            raise LamoError(
+                f"{job.label}: sampling produced NaN/inf latents (fp16 does this on CogVideoX-5B: use --dtype bf16 or fp32)"
+            )
+        tick = time.perf_counter()
+        frames = model.decode_latents(latents)[0]
+        decode_s = time.perf_counter() - tick
+        sidecar, latent_path = sidecar_paths(video_path)
+        write_mp4(video_path, frames, fps=settings["fps"])
+        save_safetensors(
+            latent_path,
+            {"latent": latents[0].float().cpu()},
+            metadata={
+                "scaling_factor": repr(model.scaling_factor),
+                "scaled": "true",
+                "layout": "T,C,H,W",
+                "backbone": model.name,
+                "latent_fingerprint": context["backbone"]["latent_fingerprint"],
+                "prompt": job.prompt,
+            },
+        )
+        timing = dict(info["timing"])
+        timing.update(encode_text_s=text_s, decode_s=decode_s)
+        record = {
+            "prompt": job.prompt,
+            "negative_prompt": settings["negative_prompt"],
+            "seed": seed,
+            "video_index": k,
+            "settings": settings,
+            **{key: context[key] for key in ("backbone", "lora", "prior")},
+            "guidance": {
+                "enabled": bool(info["guided"]),
+                "note": context["prior_note"],
+                "scale": settings["guidance_scale"],
+                "window": settings["guidance_window"],
+                "first_guided_step": info["first_guided_step"],
+                "per_step": [
+                    {"step": i, "timestep": t, "cfg_scale": c, "guide_loss": _json_float(g), "grad_norm": _json_float(n)}
+                    for i, (t, c, g, n) in enumerate(zip(info["timesteps"], info["cfg_scales"], info["guide_loss"], info["grad_norm"]))
+                ],
+                "final_guide_loss": _json_float(info.get("final_guide_loss")),
+            },
+            "timing": timing,
+            "versions": context["versions"],
+            "files": {"video": video_path.name, "latent": latent_path.name, "frames": int(frames.shape[0]), "fps": settings["fps"]},
+        }
+        write_json(sidecar, record)
+        made.append(
+            GeneratedVideo(
+                prompt=job.prompt, seed=seed, video=video_path, sidecar=sidecar, latent=latent_path,
+                sampling_s=timing["total_s"], guidance_s=timing["guidance_s"],
+                final_guide_loss=_json_float(info.get("final_guide_loss")),
+            )
+        )
+    return made
+
+
+class _StepProgress:
+    """A rich progress bar over sampling steps (silent when disabled or not a terminal)."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True) -> None:
+        self.total, self.description, self.enabled = total, description, enabled
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "_StepProgress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, step: int, timestep: int, latents: Any, step_info: dict) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
