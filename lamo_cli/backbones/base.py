@@ -7,10 +7,7 @@ through this interface, so a new model family is one new module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -39,22 +36,3 @@ class VideoFormat:
     def pixel_index_of_latent(self, latent_index: int) -> int:
         """Latent frame 0 covers pixel frame 0 alone; latent frame t>0 ends at pixel 4t."""
         return latent_index * self.temporal_compression
-
-
-@dataclass
-class TrainingDefaults:
-    """Published (or, for tiny models, chosen) fine-tuning settings; recipes can override."""
-
-    lora_rank: int = 128
-    lora_alpha: int = 64
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    learning_rate: float = 5e-5
-    warmup_steps: int = 200
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "bf16"  # on GPU; CPU always runs float32
-    sampler: str = "ddim"  # "ddim" (2B) or "dpm" (5B)
-    guidance_scale_cfg: float = 6.0
-    use_dynamic_cfg: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lamo_cli.backbones.base import TrainingDefaults, VideoFormat
+from lamo_cli.backbones.base import VideoFormat
 from lamo_cli.errors import LamoError
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "transformer", "scheduler")
@@ -27,6 +27,9 @@ HUB_IDS = {"cogvideox-2b": "THUDM/CogVideoX-2b", "cogvideox-5b": "THUDM/CogVideo
 
 REAL_FORMAT = VideoFormat(num_frames=49, height=480, width=720, fps=8.0, temporal_compression=4, spatial_compression=8)
 TINY_RANDOM_FORMAT = VideoFormat(num_frames=17, height=64, width=64, fps=8.0, temporal_compression=4, spatial_compression=8)
+# The embedded `tiny` model: physics-world clips, 9 latent frames on a 16x16 grid (3-block VAE, 4x).
+TINY_FORMAT = VideoFormat(num_frames=33, height=64, width=64, fps=8.0, temporal_compression=4, spatial_compression=4)
+TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny"
 
 # CogVideoX-2B's scheduler (FACTS.md); the tiny model reuses it so its sampling behaves like 2B's.
 SCHEDULER_2B = dict(
@@ -41,15 +44,6 @@ SCHEDULER_2B = dict(
     timestep_spacing="trailing",
     snr_shift_scale=3.0,
 )
-
-
-def training_defaults_for(name: str) -> TrainingDefaults:
-    """Published settings (METHOD.md §5); the tiny model gets a small LoRA and a faster schedule."""
-    if name == "cogvideox-5b":
-        return TrainingDefaults(sampler="dpm")
-    if name == "cogvideox-2b":
-        return TrainingDefaults(sampler="ddim")
-    return TrainingDefaults(lora_rank=16, lora_alpha=8, learning_rate=1e-3, warmup_steps=10, sampler="ddim")
 
 
 class CogVideoXBackbone:
@@ -69,7 +63,6 @@ class CogVideoXBackbone:
         self.video_format = video_format
         self.device = torch.device(device)
         self.dtype = dtype
-        self.defaults = training_defaults_for(name)
         self._loader = loader
         self._components: dict[str, Any] = {}
 
@@ -268,7 +261,7 @@ class CogVideoXBackbone:
 
 # ==================================================================== loading
 def registered_backbones() -> list[str]:
-    return ["tiny-random", *HUB_IDS]
+    return ["tiny", "tiny-random", *HUB_IDS]
 
 
 def load_backbone(
@@ -287,6 +280,13 @@ def load_backbone(
         return CogVideoXBackbone(
             "tiny-random", _tiny_random_loader(), TINY_RANDOM_FORMAT, device, _resolve_dtype(dtype, device, tiny=True)
         )
+    if spec_str == "tiny":
+        if not (TINY_WEIGHTS / LAMO_META_FILE).is_file():
+            raise LamoError(
+                "--backbone tiny: its weights are not in this install (lamo_cli/weights/tiny); "
+                "build them with `lamo build-tiny --install` or use --backbone tiny-random"
+            )
+        return _from_folder(TINY_WEIGHTS, device, dtype)
     if Path(spec_str).is_dir():
         return _from_folder(Path(spec_str), device, dtype)
     if spec_str in HUB_IDS:
@@ -339,7 +339,18 @@ def _from_hub(name: str, device: torch.device, dtype) -> CogVideoXBackbone:
     return CogVideoXBackbone(name, loader, REAL_FORMAT, device, _resolve_dtype(dtype, device, tiny=False), source=repo)
 
 
+def _quiet_library_progress_bars() -> None:
+    """transformers/diffusers print per-component loading bars; lamo shows its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _folder_loader(root: str) -> Callable[[str], Any]:
+    _quiet_library_progress_bars()
+
     def load(component: str):
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
         from transformers import AutoTokenizer, T5EncoderModel
@@ -438,6 +449,53 @@ def tiny_random_components(rope: bool = False) -> dict[str, Any]:
     }
 
 
+def tiny_untrained_components(text_length: int = 96) -> dict[str, Any]:
+    """The `tiny` architecture before training: a 3-block VAE (4x spatial, 4x temporal, 8 latent
+    channels), a small frozen random T5 over bytes, and a 4-layer transformer (2B-style sincos)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    fmt = TINY_FORMAT
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_RANDOM_SEED + 1)
+        vae = AutoencoderKLCogVideoX(
+            down_block_types=("CogVideoXDownBlock3D",) * 3,
+            up_block_types=("CogVideoXUpBlock3D",) * 3,
+            block_out_channels=(32, 32, 64),
+            latent_channels=8,
+            layers_per_block=1,
+            norm_num_groups=8,
+            temporal_compression_ratio=4,
+            sample_height=fmt.height,
+            sample_width=fmt.width,
+        )
+        text_encoder = T5EncoderModel(
+            T5Config(vocab_size=384, d_model=64, d_ff=128, d_kv=32, num_layers=2, num_heads=2, decoder_start_token_id=0)
+        )
+        transformer = CogVideoXTransformer3DModel(
+            num_attention_heads=4,
+            attention_head_dim=48,
+            in_channels=8,
+            out_channels=8,
+            time_embed_dim=128,
+            text_embed_dim=64,
+            num_layers=4,
+            sample_width=fmt.latent_width,
+            sample_height=fmt.latent_height,
+            sample_frames=fmt.num_frames,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=text_length,
+        )
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": ByT5Tokenizer(),
+        "transformer": transformer,
+        "scheduler": CogVideoXDDIMScheduler(**SCHEDULER_2B),
+    }
+
+
 def _tiny_random_loader() -> Callable[[str], Any]:
     built: dict[str, Any] = {}
 
@@ -471,5 +529,7 @@ def _fingerprint(modules: list[torch.nn.Module]) -> str:
         for key, tensor in params:
             digest.update(f"{key}:{tuple(tensor.shape)};".encode())
         for key, tensor in params[:2] + params[-2:]:
-            digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+            # Rounded to bf16 so an fp32 load and a bf16 load of the same weights agree.
+            sample = tensor.detach().flatten()[:4096].cpu().to(torch.bfloat16).float()
+            digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -1,0 +1,81 @@
+"""CLI for `lamo finetune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lamo_cli.commands._common import console, handle_errors
+from lamo_cli.commands.fit_prior import default_recipe
+from lamo_cli.errors import LamoError
+from lamo_cli.recipes import resolve_options
+
+
+@handle_errors
+def command(
+    ctx: typer.Context,
+    cache: Annotated[Path, typer.Argument(help="Latent cache folder written by `lamo encode`.")] = Path("lamo-cache"),
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone to fine-tune (name or diffusers folder); default: the one the cache was encoded with.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Run folder (weights, checkpoints, logs).")] = Path("lamo-run"),
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+    drift_weight: Annotated[float, typer.Option(help="lambda_drift of the Motion Drift Loss; 0 = plain fine-tune baseline.")] = 0.4,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 128,
+    full: Annotated[bool, typer.Option("--full", help="Train all transformer weights instead of a LoRA.")] = False,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/rank).")] = 64.0,
+    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names that get LoRA.")] = "to_q,to_k,to_v,to_out.0",
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (constant after warm-up).")] = 5e-5,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Clips per process per micro-step.")] = 1,
+    grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimizer step.")] = 1,
+    tau: Annotated[int, typer.Option(help="Frame lag of the macro drift (paper: 2).")] = 2,
+    weight_kind: Annotated[str, typer.Option(help="Noise weight of the drift term: release = 1 - (t/1000)^2, abar = alphas_cumprod[t].")] = "release",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (less memory).")] = True,
+    mixed_precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16.")] = "auto",
+    save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps (and at the end); the last 2 are kept.")] = 500,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/checkpoints (same data position and schedule).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the LoRA init, data order and noise.")] = 42,
+    caption_dropout: Annotated[float, typer.Option(help="Probability of training a clip with the empty prompt.")] = 0.0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe TOML (path or name in recipes/); its [finetune] table fills options not given. Default: recipes/<backbone>.toml if present.", show_default=False)] = None,
+) -> None:
+    """Fine-tune the backbone's transformer (LoRA or --full) with the Motion Drift Loss on a latent cache.
+
+    L = L_diff + drift_weight * w(t) * L_drift. Writes OUT/run.json, metrics.jsonl (every term and
+    per-phase timing), loss.png, checkpoints/, and pytorch_lora_weights.safetensors + lora.json
+    (loadable by CogVideoXPipeline.load_lora_weights) or transformer/ with --full. Several processes:
+    `torchrun --nproc_per_node N -m lamo_cli.cli finetune ...` or `accelerate launch --multi_gpu ...`.
+    """
+    from lamo_cli.stages.finetune import finetune
+
+    rank_source = ctx.get_parameter_source("lora_rank")
+    # typer vendors its own click: compare the enum by name, not by identity with click's
+    if full and rank_source is not None and rank_source.name not in ("DEFAULT", "DEFAULT_MAP"):
+        raise LamoError("--full and --lora-rank exclude each other: --full trains every weight, --lora-rank sets the LoRA size")
+    values = dict(
+        cache=cache, backbone=backbone, out=out, steps=steps, drift_weight=drift_weight, lora_rank=lora_rank, full=full,
+        lora_alpha=lora_alpha, lora_targets=lora_targets, lr=lr, warmup=warmup, batch_size=batch_size,
+        grad_accum=grad_accum, tau=tau, weight_kind=weight_kind, gradient_checkpointing=gradient_checkpointing,
+        mixed_precision=mixed_precision, save_every=save_every, resume=resume, seed=seed, caption_dropout=caption_dropout,
+    )
+    options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
+    summary = finetune(**options, progress=progress)
+    if not summary.is_main:
+        return
+    what = "full fine-tune" if summary.kind == "full" else "LoRA fine-tune"
+    resumed = f" (resumed at step {summary.start_step})" if summary.start_step else ""
+    console.print(
+        f"[bold]{what} of {summary.backbone}[/]: {summary.steps} steps{resumed}, {summary.world_size} process(es), "
+        f"effective batch {summary.effective_batch_size}, {summary.trainable_parameters:,} trainable parameters, "
+        f"precision {summary.mixed_precision}",
+        soft_wrap=True,
+    )
+    phases = ", ".join(f"{k} {v / max(1, summary.steps - summary.start_step) * 1000:.0f} ms" for k, v in summary.phase_seconds.items())
+    console.print(
+        f"loss {summary.first_loss:.4g} (first step) -> {summary.final_loss:.4g} (mean of the last 10%); "
+        f"{summary.seconds_per_step:.3f} s/step ({phases} per step)",
+        soft_wrap=True,
+    )
+    for name, path in summary.outputs.items():
+        console.print(f"wrote {name}: {path}", soft_wrap=True)

@@ -1,0 +1,619 @@
+"""`finetune`: LoRA or full fine-tuning of a CogVideoX transformer with the Motion Drift Loss
+(METHOD.md sections 1 and 5) on a latent cache.
+
+Per micro-batch: t ~ U{0..999}, eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
+v_hat = transformer(x_t, t, text), x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat and
+L = L_diff + drift_weight * w(t) * L_drift (drift_weight 0: the plain fine-tune, drift never computed).
+
+Runs on one process or under DDP (`torchrun` / `accelerate launch`; gloo on CPU). The data order is
+a seeded permutation per epoch over the cache, each global batch split by rank; a checkpoint stores
+the stream position, so --resume continues with exactly the batches an uninterrupted run would see.
+
+Run folder RUN:
+    run.json                       every setting, seeds, world size, effective batch, backbone, versions
+    metrics.jsonl, loss.png        per-step terms by name and per-phase timing
+    checkpoints/step-XXXXXX/       trainable weights, optimizer, RNG per rank, data position (last 2)
+    pytorch_lora_weights.safetensors + lora.json   (LoRA; loadable by CogVideoXPipeline.load_lora_weights)
+    transformer/                   (--full; diffusers save_pretrained, safetensors)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lamo_cli.errors import LamoError
+from lamo_cli.fileio import write_json
+from lamo_cli.motion.drift import lamo_objective, x0_from_v
+from lamo_cli.training import (
+    EpochStream,
+    LRSchedule,
+    MetricsLog,
+    PhaseTimer,
+    begin_checkpoint,
+    check_resume_settings,
+    ensure_finite,
+    finish_checkpoint,
+    latest_checkpoint,
+    library_versions,
+    list_checkpoints,
+    load_checkpoint,
+    load_safetensors_checked,
+    pending_checkpoint_dir,
+    plot_loss_curve,
+    read_json_checked,
+    read_metrics,
+    derive_seed,
+    restore_rng_state,
+    seeded_generator,
+    write_checkpoint_files,
+    write_rng_file,
+)
+
+RUN_FORMAT = "lamo-finetune-run"
+RUN_VERSION = 1
+RUN_JSON = "run.json"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_JSON = "lora.json"
+FULL_DIR = "transformer"
+ADAPTER_NAME = "lamo"
+DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
+
+# Settings that change the training math: a resumed run must keep them (steps may grow).
+RESUME_KEYS = (
+    "drift_weight", "lora_rank", "lora_alpha", "lora_targets", "full", "lr", "warmup", "tau", "weight_kind",
+    "seed", "caption_dropout", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "effective_batch_size",
+    "latent_fingerprint",
+)
+
+
+@dataclass
+class FinetuneSummary:
+    out: Path
+    kind: str  # "lora" or "full"
+    steps: int
+    start_step: int
+    first_loss: float
+    final_loss: float
+    world_size: int
+    effective_batch_size: int
+    trainable_parameters: int
+    seconds_per_step: float
+    mixed_precision: str
+    backbone: str
+    rank: int = 0
+    outputs: dict[str, str] = dataclass_field(default_factory=dict)
+    phase_seconds: dict[str, float] = dataclass_field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# ==================================================================== helpers
+def parse_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
+    names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)]
+    names = [t for t in names if t]
+    if not names:
+        raise LamoError("--lora-targets: give at least one module name, e.g. to_q,to_k,to_v,to_out.0")
+    return names
+
+
+def transformer_signature(transformer: torch.nn.Module) -> str:
+    """Architecture identity of a transformer: class + every base weight's name and shape.
+
+    LoRA wrapping is ignored (".base_layer" dropped, lora_* skipped), so the same model with or
+    without an adapter has the same signature; 2B and 5B (or the tiny model) differ.
+    """
+    digest = hashlib.sha256(type(transformer).__name__.encode())
+    for name, tensor in transformer.state_dict().items():
+        if "lora_" in name:
+            continue
+        digest.update(f"{name.replace('.base_layer', '')}:{tuple(tensor.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def resolve_mixed_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """(mode, note): bf16 autocast only on CUDA; the CPU always trains in fp32."""
+    if requested not in ("auto", "no", "bf16", "fp16"):
+        raise LamoError(f"--mixed-precision {requested!r}: use auto, no, bf16 or fp16")
+    if device.type != "cuda":
+        note = None if requested in ("auto", "no") else f"--mixed-precision {requested} ignored on CPU (bf16 is ~15x slower there); training in fp32"
+        return "no", note
+    if requested == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "no"), None
+    return requested, None
+
+
+def _make_accelerator(mixed_precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu = not torch.cuda.is_available()
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError as exc:
+        # An earlier in-process run fixed another precision in accelerate's singleton state.
+        if "already been initialized" not in str(exc) or torch.distributed.is_initialized():
+            raise
+        AcceleratorState._reset_state(True)
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
+              drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float) -> None:
+    checks = [
+        (steps >= 1, f"--steps {steps}: must be at least 1"),
+        (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
+        (grad_accum >= 1, f"--grad-accum {grad_accum}: must be at least 1"),
+        (lr > 0, f"--lr {lr}: must be positive"),
+        (warmup >= 0, f"--warmup {warmup}: must be >= 0"),
+        (tau >= 1, f"--tau {tau}: must be a positive frame lag"),
+        (save_every >= 1, f"--save-every {save_every}: must be at least 1"),
+        (drift_weight >= 0 and math.isfinite(drift_weight), f"--drift-weight {drift_weight}: must be >= 0 (0 = plain fine-tune)"),
+        (weight_kind in ("release", "abar"), f"--weight-kind {weight_kind!r}: use 'release' or 'abar'"),
+        (lora_rank >= 1, f"--lora-rank {lora_rank}: must be at least 1"),
+        (lora_alpha > 0, f"--lora-alpha {lora_alpha}: must be positive"),
+        (0.0 <= caption_dropout <= 1.0, f"--caption-dropout {caption_dropout}: must be a probability in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LamoError(message)
+
+
+def _stack_batch(dataset, indices: list[int], empty_text: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in indices]
+    latents = torch.stack([torch.as_tensor(item["latent"], dtype=torch.float32) for item in items])
+    texts = torch.stack([empty_text if dropped else torch.as_tensor(item["text"], dtype=torch.float32)
+                         for item, dropped in zip(items, drop.tolist())])
+    return latents, texts
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion `sqrt(abar) x0 + sqrt(1 - abar) eps` per sample (= scheduler.add_noise)."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    abar = abar.to(torch.float64).reshape(shape)
+    return (abar.sqrt().to(x0.dtype) * x0 + (1.0 - abar).sqrt().to(x0.dtype) * eps).to(x0.dtype)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
+
+
+# ==================================================================== the stage
+def finetune(
+    cache: str | os.PathLike = "lamo-cache",
+    backbone: str | None = None,
+    out: str | os.PathLike = "lamo-run",
+    steps: int = 2000,
+    drift_weight: float = 0.4,
+    lora_rank: int = 128,
+    lora_alpha: float = 64.0,
+    lora_targets: str | list[str] = DEFAULT_LORA_TARGETS,
+    full: bool = False,
+    lr: float = 5e-5,
+    warmup: int = 200,
+    batch_size: int = 1,
+    grad_accum: int = 1,
+    tau: int = 2,
+    weight_kind: str = "release",
+    gradient_checkpointing: bool = True,
+    mixed_precision: str = "auto",
+    save_every: int = 500,
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+    seed: int = 42,
+    caption_dropout: float = 0.0,
+    weight_decay: float = 1e-4,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.99,
+    grad_clip: float = 1.0,
+    log_every: int = 1,
+    progress: bool = True,
+) -> FinetuneSummary:
+    """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
+    settings = _jsonable(dict(locals()))
+    _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout)
+    targets = parse_targets(lora_targets)
+    settings["lora_targets"] = targets
+    out = Path(out)
+
+    from lamo_cli.backbones import load_backbone
+    from lamo_cli.data.cache import LatentCache, LatentDataset
+
+    if not resume and list_checkpoints(out):
+        raise LamoError(f"--out {out} already holds a run with checkpoints; pass --resume to continue it, or choose another --out (or delete the folder)")
+
+    # ---------------------------------------------------------------- processes, precision
+    probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision, precision_note = resolve_mixed_precision(mixed_precision, probe_device)
+    accelerator = _make_accelerator(precision)
+    rank, world_size, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    device = accelerator.device
+    say = (lambda msg: print(msg, flush=True)) if (progress and main) else (lambda msg: None)
+    if precision_note:
+        say(f"note: {precision_note}")
+    effective_batch = batch_size * grad_accum * world_size
+    settings.update(mixed_precision_used=precision, world_size=world_size, effective_batch_size=effective_batch)
+
+    # ---------------------------------------------------------------- data and backbone
+    lat_cache = LatentCache(cache)
+    info = lat_cache.info
+    if len(lat_cache) == 0:
+        raise LamoError(f"cache {cache} holds no clips; run `lamo encode` with some videos first")
+    if int(info.latent_shape[0]) <= tau:
+        raise LamoError(f"--tau {tau}: clips in {cache} have only {info.latent_shape[0]} latent frames; use a smaller --tau")
+    spec = backbone or info.backbone
+    try:
+        bb = load_backbone(spec, device=device)
+    except LamoError as exc:
+        if backbone is not None:
+            raise
+        raise LamoError(f"{exc} (the cache names backbone {info.backbone!r}; pass --backbone)") from None
+    fingerprint = bb.latent_fingerprint()
+    lat_cache.check_fingerprint(fingerprint, f"--backbone {spec}")
+    scaling_factor = bb.scaling_factor
+    if abs(float(info.scaling_factor) - scaling_factor) > 1e-6:
+        raise LamoError(f"cache {cache} records scaling factor {info.scaling_factor} but --backbone {spec} uses {scaling_factor}; re-encode the cache")
+    bb.release("vae", "text_encoder", "tokenizer")  # training needs only the transformer
+    gc.collect()
+    settings.update(backbone=bb.name, backbone_source=bb.source, latent_fingerprint=fingerprint, cache=str(cache))
+
+    dataset = LatentDataset(lat_cache, scaled=True)
+    empty_text = torch.as_tensor(lat_cache.empty_text_embedding(), dtype=torch.float32)
+    transformer = bb.transformer
+    _check_shapes(transformer, info, empty_text, bb.uses_rope, spec)
+    signature = transformer_signature(transformer)
+    alphas = bb.alphas_cumprod()  # float32 [1000], the scheduler's own
+    num_train_timesteps = len(alphas)
+
+    # ---------------------------------------------------------------- out folder and resume
+    checkpoint_dir = latest_checkpoint(out) if resume else None
+    if resume and checkpoint_dir is None:
+        say(f"note: --resume found no checkpoint in {out / 'checkpoints'}; starting at step 0")
+    ckpt = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        check_resume_settings(ckpt.state.get("settings", {}), settings, RESUME_KEYS, checkpoint_dir)
+        if ckpt.step > steps:
+            raise LamoError(f"--steps {steps}: {checkpoint_dir} is already at step {ckpt.step}; pass --steps >= {ckpt.step}")
+
+    # ---------------------------------------------------------------- trainable model
+    transformer.train()
+    lora_config = None
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(derive_seed(seed, "init"))  # same LoRA init on every rank
+        if full:
+            if transformer.dtype != torch.float32:
+                transformer.to(torch.float32)  # fp32 master weights
+            transformer.requires_grad_(True)
+        else:
+            from peft import LoraConfig
+
+            lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=targets, init_lora_weights=True)
+            try:
+                transformer.add_adapter(lora_config)
+            except ValueError as exc:
+                raise LamoError(f"--lora-targets {','.join(targets)}: {str(exc).splitlines()[0][:200]}") from None
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()  # fp32 master weights for the trained parameters
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    input_dtype = torch.float32 if full else bb.dtype
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay)
+    schedule = LRSchedule(base_lr=lr, warmup=warmup, kind="constant")
+    noise_gen = seeded_generator(seed, "finetune", "noise", rank)
+    stream = EpochStream(len(dataset), seed)
+    start_step, position, last_good = 0, 0, None
+    if ckpt is not None:
+        names = {n for n, p in transformer.named_parameters() if p.requires_grad}
+        if set(ckpt.weights) != names:
+            raise LamoError(f"--resume: {checkpoint_dir} holds other trainable weights than this model; resume with the same --lora-* / --full settings")
+        transformer.load_state_dict({k: v.to(device) for k, v in ckpt.weights.items()}, strict=False)
+        ckpt.load_optimizer(optimizer)
+        rng = ckpt.rng(rank)
+        if rng is not None:
+            restore_rng_state(rng, {"noise": noise_gen})
+        else:
+            noise_gen = seeded_generator(seed, "finetune", "noise", rank, ckpt.step)
+            say(f"note: {checkpoint_dir} has no RNG state for rank {rank} (world size changed); noise reseeded")
+        start_step, position, last_good = ckpt.step, int(ckpt.state["position"]), checkpoint_dir
+    del ckpt
+
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    run_info = {
+        "format": RUN_FORMAT,
+        "version": RUN_VERSION,
+        "kind": "full" if full else "lora",
+        "settings": settings,
+        "seeds": {"seed": seed, "data": "seeded permutation per epoch (seed, 'data', epoch)", "noise": "per rank (seed, 'finetune', 'noise', rank)"},
+        "world_size": world_size,
+        "effective_batch_size": effective_batch,
+        "backbone": {"name": bb.name, "source": bb.source, "latent_fingerprint": fingerprint, "transformer_signature": signature,
+                     "dtype": str(bb.dtype).replace("torch.", ""), "scaling_factor": scaling_factor},
+        "cache": {"path": str(cache), "num_clips": len(dataset), "latent_shape": list(info.latent_shape)},
+        "lora": None if full else {"rank": lora_rank, "alpha": lora_alpha, "targets": targets, "scale": lora_alpha / lora_rank},
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "library_versions": library_versions(),
+        "status": "running",
+    }
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / LORA_WEIGHTS, out / LORA_JSON):
+            stale.unlink(missing_ok=True)  # a fresh or resumed run's outputs come at its end
+        write_json(out / RUN_JSON, run_info)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if last_good is not None else None, enabled=main)
+    timer = PhaseTimer(device)
+    bar = _progress_bar(steps, start_step, progress and main)
+    step_times: list[float] = []
+    phase_totals: dict[str, float] = {}
+    autocast = accelerator.autocast
+    alphas_dev = alphas.to(device)
+
+    # ---------------------------------------------------------------- loop
+    accelerator.wait_for_everyone()
+    for step in range(start_step, steps):
+        t_step = time.perf_counter()
+        sums = {"loss": 0.0, "diffusion": 0.0, "drift": 0.0, "drift_weight_w": 0.0}
+        for micro in range(grad_accum):
+            with timer.phase("data"):
+                micro_position = position + micro * batch_size * world_size
+                indices = stream.rank_batch(micro_position, batch_size, world_size, rank)
+                drop = torch.rand(len(indices), generator=noise_gen) < caption_dropout if caption_dropout > 0 else torch.zeros(len(indices), dtype=torch.bool)
+                x0, text = _stack_batch(dataset, indices, empty_text, drop)
+                t = torch.randint(0, num_train_timesteps, (len(indices),), generator=noise_gen)
+                eps = torch.randn(x0.shape, generator=noise_gen)
+                x0, text, eps, t = x0.to(device), text.to(device), eps.to(device), t.to(device)
+                abar = alphas_dev[t]
+                x_t = add_noise(x0, eps, abar)
+            sync = micro == grad_accum - 1
+            with timer.phase("forward"):
+                with (contextlib.nullcontext() if sync or world_size == 1 else accelerator.no_sync(model)):
+                    with autocast():
+                        v_hat = bb.predict_v(x_t.to(input_dtype), t, text.to(input_dtype), transformer=model)
+                    x0_hat = x0_from_v(x_t, v_hat.float(), abar)
+                    loss, terms = lamo_objective(x0_hat, x0, abar, t, drift_weight=drift_weight, tau=tau,
+                                                 weight_kind=weight_kind, alphas_cumprod=alphas)
+                    reduced = accelerator.reduce(torch.tensor([terms["loss"], terms["diffusion"], terms["drift"], terms["drift_weight_w"]],
+                                                              device=device, dtype=torch.float64), reduction="mean")
+                    values = dict(zip(sums, reduced.tolist()))
+                    ensure_finite(values["loss"], step + 1, last_good, hint="lower --lr, or use --mixed-precision bf16/no instead of fp16")
+            with timer.phase("backward"):
+                with (contextlib.nullcontext() if sync or world_size == 1 else accelerator.no_sync(model)):
+                    accelerator.backward(loss / grad_accum)
+            for key in sums:
+                sums[key] += values[key] / grad_accum
+        with timer.phase("optimizer"):
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, grad_clip))
+            if precision != "fp16":
+                ensure_finite(grad_norm, step + 1, last_good, what="gradient norm", hint="lower --lr")
+            current_lr = schedule.apply(optimizer, step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        position += batch_size * world_size * grad_accum
+        done = step + 1
+        step_times.append(time.perf_counter() - t_step)
+        phases = timer.pop()
+        for key, value in phases.items():
+            phase_totals[key] = phase_totals.get(key, 0.0) + value
+        record = {"step": done, **sums, "lr": current_lr, "grad_norm": grad_norm, "samples_seen": position,
+                  "epoch": stream.epoch_of(position - 1), **{f"time_{k}": v for k, v in phases.items()}, "time_step": step_times[-1]}
+        if device.type == "cuda":
+            record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        log.write(record)
+        if bar is not None:
+            bar.update(1)
+            if done % max(1, log_every) == 0 or done == steps:
+                postfix = {"loss": f"{sums['loss']:.4f}", "diff": f"{sums['diffusion']:.4f}"}
+                if drift_weight > 0:
+                    postfix["drift"] = f"{sums['drift']:.3f}"
+                postfix.update(lr=f"{current_lr:.1e}", s_step=f"{step_times[-1]:.2f}")
+                bar.set_postfix(postfix)
+        if done % save_every == 0 or done == steps:
+            last_good = _save_training_checkpoint(accelerator, out, done, unwrapped, optimizer, noise_gen,
+                                                  {"position": position, "lr_schedule": {"kind": "constant", "warmup": warmup, "next_step": done},
+                                                   "settings": settings}, keep_checkpoints)
+    if bar is not None:
+        bar.close()
+
+    # ---------------------------------------------------------------- final outputs
+    outputs: dict[str, str] = {}
+    if main:
+        records = read_metrics(out / "metrics.jsonl")
+        losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+        tail = losses[-max(1, len(losses) // 10):] if losses else [math.nan]
+        if full:
+            outputs["transformer"] = str(_save_full(unwrapped, out, bb.dtype))
+        else:
+            outputs.update(_save_lora(unwrapped, out, lora_config, lora_rank, lora_alpha, targets))
+        plot_loss_curve(records, out / "loss.png", keys=["loss", "diffusion", "drift", "lr"],
+                        title=f"finetune {bb.name} (drift weight {drift_weight}, {'full' if full else f'LoRA r{lora_rank}'})")
+        outputs["loss_curve"] = str(out / "loss.png")
+        run_info.update(status="finished", outputs={"kind": run_info["kind"], **outputs},
+                        results={"first_loss": losses[0] if losses else None, "final_loss": float(sum(tail) / len(tail)),
+                                 "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
+                                 "phase_seconds": phase_totals, "steps_run_in_this_process": len(step_times)})
+        write_json(out / RUN_JSON, run_info)
+    accelerator.wait_for_everyone()
+    results = run_info.get("results", {})
+    return FinetuneSummary(
+        out=out, kind=run_info["kind"], steps=steps, start_step=start_step,
+        first_loss=float(results.get("first_loss") or math.nan), final_loss=float(results.get("final_loss") or math.nan),
+        world_size=world_size, effective_batch_size=effective_batch, trainable_parameters=run_info["trainable_parameters"],
+        seconds_per_step=(sum(step_times) / len(step_times)) if step_times else math.nan, mixed_precision=precision,
+        backbone=bb.name, rank=rank, outputs=outputs, phase_seconds=phase_totals,
+    )
+
+
+def _check_shapes(transformer, info, empty_text: torch.Tensor, uses_rope: bool, spec: str) -> None:
+    cfg = transformer.config
+    channels = int(info.latent_shape[1])
+    if channels != int(cfg.in_channels):
+        raise LamoError(f"cache latents have {channels} channels but --backbone {spec}'s transformer takes {cfg.in_channels}; use the backbone the cache was encoded with")
+    if int(empty_text.shape[-1]) != int(cfg.text_embed_dim):
+        raise LamoError(f"cache text embeddings have width {empty_text.shape[-1]} but --backbone {spec} expects {cfg.text_embed_dim}; re-encode the cache with this backbone")
+    if not uses_rope and int(empty_text.shape[0]) != int(cfg.max_text_seq_length):
+        raise LamoError(f"cache text embeddings have {empty_text.shape[0]} tokens but --backbone {spec} needs {cfg.max_text_seq_length}; re-encode the cache with this backbone")
+
+
+def _save_training_checkpoint(accelerator, out: Path, step: int, unwrapped, optimizer, noise_gen, state: dict, keep: int) -> Path:
+    """Every rank writes its RNG file into the temp folder, rank 0 the rest; rank 0 renames it into place."""
+    tmp = pending_checkpoint_dir(out, step)
+    if accelerator.is_main_process:
+        begin_checkpoint(out, step)
+    accelerator.wait_for_everyone()
+    write_rng_file(tmp, accelerator.process_index, {"noise": noise_gen})
+    if accelerator.is_main_process:
+        write_checkpoint_files(tmp, weights=_trainable_state(unwrapped), optimizer=optimizer, state={**state, "step": step})
+    accelerator.wait_for_everyone()
+    final = tmp.parent / tmp.name[1:].removesuffix(".tmp")
+    if accelerator.is_main_process:
+        final = finish_checkpoint(tmp, step, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_lora(unwrapped, out: Path, lora_config, rank: int, alpha: float, targets: list[str]) -> dict[str, str]:
+    """diffusers' LoRA file (with the adapter config as metadata, so loaders apply alpha/rank), atomically."""
+    from diffusers import CogVideoXPipeline
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped).items()}
+    metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in lora_config.to_dict().items()}
+    tmp = out / ".lora.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    CogVideoXPipeline.save_lora_weights(tmp, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata)
+    os.replace(tmp / LORA_WEIGHTS, out / LORA_WEIGHTS)
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_json(out / LORA_JSON, {
+        "rank": rank, "alpha": alpha, "targets": targets, "scale": alpha / rank, "weight_name": LORA_WEIGHTS,
+        "note": "scale = alpha/rank is the multiplier of B@A; diffusers applies it from the file's metadata, so adapter weight 1.0 reproduces training",
+    })
+    return {"lora": str(out / LORA_WEIGHTS), "lora_json": str(out / LORA_JSON)}
+
+
+def _save_full(unwrapped, out: Path, dtype: torch.dtype) -> Path:
+    """diffusers save_pretrained (safetensors) into a temp folder, then rename to RUN/transformer."""
+    tmp = out / f".{FULL_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if getattr(unwrapped, "is_gradient_checkpointing", False):
+        unwrapped.disable_gradient_checkpointing()
+    if unwrapped.dtype != dtype:
+        unwrapped.to(dtype)  # saved in the backbone's own dtype (what generate loads)
+    unwrapped.eval()
+    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    final = out / FULL_DIR
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="finetune", unit="step", dynamic_ncols=True)
+
+
+# ==================================================================== applying a run (for generate)
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LamoError(f"run folder {run_dir}: no such folder; train one with `lamo finetune CACHE --out {run_dir}`")
+    run = read_json_checked(run_dir / RUN_JSON)
+    if run.get("format") != RUN_FORMAT:
+        raise LamoError(f"run folder {run_dir}: {RUN_JSON} is not a lamo finetune record; pass a folder written by `lamo finetune`")
+    return run
+
+
+def load_run_into(backbone, run_dir: str | os.PathLike, scale: float | None = None) -> dict[str, Any]:
+    """Apply a finished run's weights to `backbone.transformer` (in place) and say what was applied.
+
+    LoRA runs: loaded as adapter "lamo" with the saved adapter config, so the effective multiplier
+    of B@A is alpha/rank as in training. `scale` (LoRA only) is that effective multiplier: None keeps
+    alpha/rank, 0 disables the LoRA; the diffusers adapter weight set is scale / (alpha/rank).
+    Full runs: the saved transformer weights replace the backbone's.
+    """
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    recorded = run.get("backbone", {})
+    fingerprint = backbone.latent_fingerprint()
+    if recorded.get("latent_fingerprint") != fingerprint:
+        raise LamoError(
+            f"run folder {run_dir} was trained on backbone {recorded.get('name')!r} (latent fingerprint {recorded.get('latent_fingerprint')}) "
+            f"but the backbone in use, {backbone.name!r}, has fingerprint {fingerprint}; use --backbone {recorded.get('source') or recorded.get('name')}"
+        )
+    transformer = backbone.transformer
+    if recorded.get("transformer_signature") not in (None, transformer_signature(transformer)):
+        raise LamoError(f"run folder {run_dir} was trained on another transformer architecture than {backbone.name!r}; use --backbone {recorded.get('source') or recorded.get('name')}")
+    if run.get("status") != "finished":
+        raise LamoError(f"run folder {run_dir} has no final weights (unfinished run); finish it with `lamo finetune --resume --out {run_dir}`")
+    if run.get("kind") == "full":
+        if scale is not None:
+            raise LamoError(f"--lora-scale applies to LoRA runs only; {run_dir} is a full fine-tune")
+        _load_full_weights(transformer, run_dir / FULL_DIR)
+        return {"kind": "full", "run": str(run_dir), "scale": None, "adapter_weight": None}
+    return _load_lora(transformer, run_dir, run, scale)
+
+
+def _load_lora(transformer, run_dir: Path, run: dict, scale: float | None) -> dict[str, Any]:
+    from diffusers import CogVideoXPipeline
+
+    weights_path = run_dir / LORA_WEIGHTS
+    load_safetensors_checked(weights_path)  # one-line error for a missing or corrupt file
+    lora = run.get("lora") or read_json_checked(run_dir / LORA_JSON)
+    trained_scale = float(lora["alpha"]) / float(lora["rank"])
+    scale = trained_scale if scale is None else float(scale)
+    if ADAPTER_NAME in (getattr(transformer, "peft_config", None) or {}):
+        transformer.delete_adapters(ADAPTER_NAME)
+    try:
+        state, metadata = CogVideoXPipeline.lora_state_dict(str(run_dir), weight_name=LORA_WEIGHTS, return_lora_metadata=True)
+        CogVideoXPipeline.load_lora_into_transformer(state, transformer=transformer, adapter_name=ADAPTER_NAME, metadata=metadata)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise LamoError(f"run folder {run_dir}: {LORA_WEIGHTS} does not fit this transformer ({str(exc).splitlines()[0][:160]}); use the backbone it was trained on") from None
+    adapter_weight = scale / trained_scale
+    transformer.set_adapters([ADAPTER_NAME], weights=[adapter_weight])
+    return {"kind": "lora", "run": str(run_dir), "scale": scale, "trained_scale": trained_scale, "adapter_weight": adapter_weight}
+
+
+def _load_full_weights(transformer, folder: Path) -> None:
+    """Shard by shard into the existing module (no second copy of a 5B model in memory)."""
+    if not folder.is_dir():
+        raise LamoError(f"{folder}: missing; the run is incomplete, finish it with `lamo finetune --resume`")
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        shard_names = sorted(set(read_json_checked(index).get("weight_map", {}).values()))
+    else:
+        shard_names = ["diffusion_pytorch_model.safetensors"]
+    expected = set(transformer.state_dict())
+    seen: set[str] = set()
+    device = next(transformer.parameters()).device
+    for name in shard_names:
+        tensors = load_safetensors_checked(folder / name, device=device)
+        unknown = set(tensors) - expected
+        if unknown:
+            raise LamoError(f"{folder / name}: weights {sorted(unknown)[:3]} do not exist in this transformer; use the backbone the run was trained on")
+        transformer.load_state_dict(tensors, strict=False)
+        seen |= set(tensors)
+        del tensors
+    missing = expected - seen
+    if missing:
+        raise LamoError(f"{folder}: weights {sorted(missing)[:3]} are missing; the saved transformer is incomplete, re-run `lamo finetune --full`")

@@ -1,0 +1,286 @@
+"""`finetune` on the tiny-random backbone: the objective's terms, LoRA / full outputs that diffusers
+loads, exact resume, NaN guard, wrong-backbone refusal, and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lamo_cli.backbones import load_backbone
+from lamo_cli.backbones.cogvideox import tiny_random_components
+from lamo_cli.cli import app
+from lamo_cli.errors import LamoError
+from lamo_cli.stages import finetune as finetune_module
+from lamo_cli.stages.finetune import add_noise, finetune, load_run_into, transformer_signature
+from lamo_cli.training import latest_checkpoint, list_checkpoints, read_metrics
+
+runner = CliRunner()
+LORA = dict(lora_rank=4, lora_alpha=2.0)  # scale alpha/rank = 0.5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is faster, and 2 OpenMP threads crawl when other jobs share the 2 cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A real cache from `encode`: 4 clips, tiny-random latents [5, 16, 8, 8], text [64, 32]."""
+    from conftest import write_clips
+
+    from lamo_cli.stages.encode import encode
+
+    root = tmp_path_factory.mktemp("finetune")
+    encode(write_clips(root, n=4, frames=17, size=64), backbone="tiny-random", out=root / "cache", progress=False)
+    return root / "cache"
+
+
+def _train(cache, out, **overrides):
+    settings = dict(steps=3, lr=1e-3, warmup=1, batch_size=2, save_every=3, progress=False, **LORA)
+    settings.update(overrides)
+    return finetune(cache, out=out, **settings)
+
+
+def _probe_inputs(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(1, 5, 16, 8, 8, generator=gen),
+        encoder_hidden_states=torch.randn(1, 64, 32, generator=gen),
+        timestep=torch.tensor([400]),
+        return_dict=False,
+    )
+
+
+def _one_line_error(result, *needles: str) -> str:
+    """Exit 2, no traceback, exactly one `error:` line holding every needle (loaders may print progress bars)."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], result.output
+    return lines[0]
+
+
+# ---------------------------------------------------------------- objective
+def test_add_noise_matches_the_scheduler():
+    backbone = load_backbone("tiny-random", device="cpu")
+    scheduler = backbone.make_scheduler("ddim")
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 5, 16, 8, 8, generator=gen), torch.randn(3, 5, 16, 8, 8, generator=gen)
+    t = torch.tensor([0, 500, 999])
+    ours = add_noise(x0, eps, backbone.alphas_cumprod()[t])
+    theirs = scheduler.add_noise(x0, eps, t)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.allclose(ours[2], eps[2], atol=1e-6)  # zero terminal SNR: pure noise at t = 999
+
+
+def test_drift_weight_zero_and_default_both_run_and_log_each_term(cache, tmp_path):
+    _train(cache, tmp_path / "lamo", drift_weight=0.4)
+    _train(cache, tmp_path / "plain", drift_weight=0.0)
+    lamo = read_metrics(tmp_path / "lamo" / "metrics.jsonl")
+    plain = read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    assert len(lamo) == len(plain) == 3
+    for record in lamo:
+        assert record["drift"] > 0 and record["diffusion"] > 0
+        # L = L_diff + 0.4 * w * L_drift, each term logged by name
+        assert record["loss"] == pytest.approx(record["diffusion"] + 0.4 * record["drift_weight_w"] * record["drift"], rel=1e-5)
+        assert {"time_data", "time_forward", "time_backward", "time_optimizer", "lr", "grad_norm"} <= set(record)
+    for record in plain:
+        assert record["drift"] is None and record["loss"] == pytest.approx(record["diffusion"])  # drift never computed
+    # same seed, same data and noise: the first step's diffusion term is the same in both runs
+    assert plain[0]["diffusion"] == pytest.approx(lamo[0]["diffusion"], rel=1e-6)
+    run = json.loads((tmp_path / "lamo" / "run.json").read_text())
+    assert run["status"] == "finished" and run["effective_batch_size"] == 2 and run["world_size"] == 1
+    assert run["backbone"]["name"] == "tiny-random" and run["settings"]["drift_weight"] == 0.4
+    assert "torch" in run["library_versions"] and (tmp_path / "lamo" / "loss.png").is_file()
+
+
+# ---------------------------------------------------------------- outputs
+def test_lora_file_loads_in_diffusers_changes_output_and_records_scale(cache, tmp_path):
+    from diffusers import CogVideoXPipeline
+
+    out = tmp_path / "run"
+    _train(cache, out, lr=1e-2)
+    assert json.loads((out / "lora.json").read_text())["scale"] == 0.5
+
+    pipe = CogVideoXPipeline(**tiny_random_components())
+    probe = _probe_inputs()
+    with torch.no_grad():
+        before = pipe.transformer(**probe)[0]
+    pipe.load_lora_weights(out)
+    with torch.no_grad():
+        after = pipe.transformer(**probe)[0]
+    assert (after - before).abs().max() > 1e-4
+    scalings = {v for m in pipe.transformer.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict) for v in m.scaling.values()}
+    assert scalings == {0.5}  # alpha / rank from the file's metadata
+
+    # the saved LoRA holds the weights of the final checkpoint
+    from safetensors.torch import load_file
+
+    final = load_file(str(latest_checkpoint(out) / "weights.safetensors"))
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert len(saved) == len(final) == 2 * 4 * 2  # A and B, 4 targets, 2 layers
+    for key, value in final.items():
+        match = "transformer." + key.replace(".default", "")
+        assert torch.equal(saved[match], value), key
+
+    # load_run_into: same output as diffusers at the trained scale; scale 0 is the base model
+    backbone = load_backbone("tiny-random", device="cpu")
+    applied = load_run_into(backbone, out)
+    assert applied["kind"] == "lora" and applied["scale"] == 0.5 and applied["adapter_weight"] == 1.0
+    with torch.no_grad():
+        assert torch.allclose(backbone.transformer(**probe)[0], after, atol=1e-6)
+    load_run_into(backbone, out, scale=0.0)
+    with torch.no_grad():
+        assert torch.allclose(backbone.transformer(**probe)[0], before, atol=1e-6)
+    # scale is the multiplier of B @ A: check one LoRA layer by hand at the trained and a doubled scale
+    layer = next(m for m in backbone.transformer.modules() if hasattr(m, "lora_A") and "lamo" in m.lora_A)
+    x = torch.randn(3, layer.in_features)
+    a, b = layer.lora_A["lamo"].weight, layer.lora_B["lamo"].weight
+    for scale in (0.5, 1.0):
+        load_run_into(backbone, out, scale=scale)
+        layer = next(m for m in backbone.transformer.modules() if hasattr(m, "lora_A") and "lamo" in m.lora_A)
+        with torch.no_grad():
+            delta = layer(x) - layer.base_layer(x)
+            assert torch.allclose(delta, scale * (x @ a.T @ b.T), atol=1e-6)
+
+
+def test_full_finetune_saves_a_loadable_transformer(cache, tmp_path):
+    from diffusers import CogVideoXTransformer3DModel
+
+    out = tmp_path / "full"
+    summary = _train(cache, out, full=True, steps=2, save_every=2, lr=1e-3)
+    assert summary.kind == "full" and (out / "transformer" / "config.json").is_file()
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    loaded = CogVideoXTransformer3DModel.from_pretrained(out / "transformer")
+    base = tiny_random_components()["transformer"]
+    changed = [k for k, v in base.state_dict().items() if not torch.equal(v, loaded.state_dict()[k])]
+    assert changed and transformer_signature(loaded) == transformer_signature(base)
+    backbone = load_backbone("tiny-random", device="cpu")
+    assert load_run_into(backbone, out)["kind"] == "full"
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(backbone.transformer.state_dict()[key], value), key
+    with pytest.raises(LamoError, match="LoRA runs only"):
+        load_run_into(backbone, out, scale=0.5)
+
+
+# ---------------------------------------------------------------- resume
+def test_resume_gives_the_same_losses_and_weights(cache, tmp_path):
+    settings = dict(steps=6, save_every=3, grad_accum=2, batch_size=1, caption_dropout=0.3, lr=5e-3)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    _train(cache, straight, **settings)
+    _train(cache, interrupted, **settings)
+    # as if killed after step 3: only the step-3 checkpoint survives
+    shutil.rmtree(interrupted / "checkpoints" / "step-000006")
+    (interrupted / "pytorch_lora_weights.safetensors").unlink()
+    with pytest.raises(LamoError, match="--resume"):
+        _train(cache, interrupted, **settings)  # refuses to start over on top of checkpoints
+    summary = _train(cache, interrupted, resume=True, **settings)
+    assert summary.start_step == 3
+    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(interrupted / "metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 7))
+    for ra, rb in zip(a, b):
+        for key in ("loss", "diffusion", "drift", "lr", "samples_seen"):
+            assert rb[key] == pytest.approx(ra[key], abs=1e-6), (ra["step"], key)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(straight / "pytorch_lora_weights.safetensors"))
+    wb = load_file(str(interrupted / "pytorch_lora_weights.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(LamoError, match="drift_weight"):
+        _train(cache, interrupted, resume=True, **{**settings, "drift_weight": 0.1})
+
+
+# ---------------------------------------------------------------- failures through the CLI
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch):
+    real = finetune_module.lamo_objective
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th step
+            return loss * float("nan"), {**terms, "loss": float("nan")}
+        return loss, terms
+
+    monkeypatch.setattr(finetune_module, "lamo_objective", poisoned)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["finetune", str(cache), "--out", str(out), "--steps", "6", "--save-every", "3",
+                                 "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--no-progress"])
+    line = _one_line_error(result, "loss became nan at step 4", "last good checkpoint")
+    assert str(out / "checkpoints" / "step-000003") in line
+    assert [p.name for p in list_checkpoints(out)] == ["step-000003"]
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_cache_from_another_backbone_is_refused(cache, tmp_path):
+    other = load_backbone("tiny-random", device="cpu")
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(0.5)  # another VAE = another latent space
+    folder = other.save(tmp_path / "other-backbone")
+    result = runner.invoke(app, ["finetune", str(cache), "--backbone", str(folder), "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress"])
+    _one_line_error(result, "fingerprint", "tiny-random")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_run_folder_errors_are_one_line(cache, tmp_path):
+    backbone = load_backbone("tiny-random", device="cpu")
+    with pytest.raises(LamoError, match="no such folder"):
+        load_run_into(backbone, tmp_path / "absent")
+    out = tmp_path / "run"
+    _train(cache, out, steps=1, save_every=1)
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "pytorch_lora_weights.safetensors").write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00garbage" + b"\x00" * 32)
+    with pytest.raises(LamoError) as info:
+        load_run_into(backbone, broken)
+    assert "pytorch_lora_weights.safetensors" in str(info.value) and "\n" not in str(info.value)
+    record = json.loads((out / "run.json").read_text())
+    record["backbone"]["latent_fingerprint"] = "0123456789abcdef"
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(LamoError, match="fingerprint"):
+        load_run_into(backbone, out)
+
+
+def test_cli_full_excludes_lora_rank_and_recipe_keys_apply(cache, tmp_path):
+    _one_line_error(runner.invoke(app, ["finetune", str(cache), "--full", "--lora-rank", "8", "--out", str(tmp_path / "x")]), "--full")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[finetune]\nsteps = 2\ndrift_weight = 0.0\nlora_rank = 4\nlora_alpha = 4.0\nwarmup = 0\nsave_every = 2\n")
+    result = runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), "--recipe", str(recipe), "--steps", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())["settings"]
+    assert settings["steps"] == 1 and settings["drift_weight"] == 0.0 and settings["lora_rank"] == 4  # CLI beats recipe
+    assert "wrote lora" in result.output
+
+
+# ---------------------------------------------------------------- two processes
+def test_two_process_torchrun_finetune(cache, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:  # a free port, so a parallel torchrun elsewhere cannot collide
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "lamo_cli.cli", "finetune", str(cache), "--out", str(out), "--steps", "3", "--save-every", "2",
+           "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("wrote lora:") == 1, done.stdout  # rank 0 alone reports and writes
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2 and run["effective_batch_size"] == 2 and run["status"] == "finished"
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints" / "step-000003").glob("rng-rank*")) == ["rng-rank0.safetensors", "rng-rank1.safetensors"]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["samples_seen"] == 6
