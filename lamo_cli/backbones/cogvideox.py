@@ -244,6 +244,7 @@ class CogVideoXBackbone:
         """Write a diffusers pipeline folder (loadable by `CogVideoXPipeline.from_pretrained` and
         by `--backbone FOLDER`) plus lamo's video-format record."""
         folder = Path(folder)
+        _quiet_library_progress_bars()
         self.pipeline().save_pretrained(folder, safe_serialization=True)
         meta = {"name": self.name, "video_format": self.video_format.__dict__}
         (folder / LAMO_META_FILE).write_text(json.dumps(meta, indent=2))
@@ -260,6 +261,11 @@ class CogVideoXBackbone:
 
 
 # ==================================================================== loading
+def default_backbone() -> str:
+    """`tiny` (trained on the physics world) when its weights are installed, else `tiny-random`."""
+    return "tiny" if (TINY_WEIGHTS / LAMO_META_FILE).is_file() else "tiny-random"
+
+
 def registered_backbones() -> list[str]:
     return ["tiny", "tiny-random", *HUB_IDS]
 

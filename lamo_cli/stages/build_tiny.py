@@ -1,0 +1,231 @@
+"""`lamo build-tiny`: train the embedded `tiny` backbone on the physics world, from scratch, on a CPU.
+
+Phases (each skipped when its output exists, each resumable, so a rerun continues where a killed
+one stopped):
+1. world        physics-world training clips (`lamo world`)
+2. vae          the 3-block CogVideoX VAE, trained on random windows of those clips
+3. model        a diffusers folder: trained VAE + frozen random byte-level T5 + untrained transformer
+4. encode       the clips into a latent cache with that VAE (`lamo encode`)
+5. transformer  the denoiser trained from scratch on the cache (`lamo finetune --full --drift-weight 0`)
+6. install      the finished folder copied into lamo_cli/weights/tiny (with --install)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamo_cli.errors import LamoError
+
+
+@dataclass
+class BuildTinySummary:
+    out: Path
+    phases: dict[str, str] = field(default_factory=dict)  # phase -> "done" / "skipped (exists)"
+    vae_l1: float | None = None
+    scaling_factor: float | None = None
+    transformer_loss: float | None = None
+    installed: Path | None = None
+    seconds: float = 0.0
+
+
+def _load_world_clips(world_dir: Path) -> np.ndarray:
+    import decord
+
+    paths = sorted(world_dir.glob("*.mp4"))
+    if not paths:
+        raise LamoError(f"{world_dir}: no clips; delete the folder and rerun to regenerate it")
+    clips = [decord.VideoReader(str(p)).get_batch(list(range(len(decord.VideoReader(str(p)))))).asnumpy() for p in paths]
+    return np.stack(clips)  # [N, F, H, W, 3]
+
+
+def train_vae(
+    world_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    steps: int = 3000,
+    batch_size: int = 4,
+    window_frames: int = 9,  # 8k+1: the CogVideoX VAE decodes back the same count only then
+    crop: int = 32,
+    lr: float = 1e-3,
+    warmup: int = 100,
+    kl_weight: float = 1e-6,
+    save_every: int = 200,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the tiny VAE (L1 + KL) on random `window_frames` x `crop`^2 windows (it is fully
+    convolutional, so small windows teach it the same thing at a fraction of the CPU time);
+    resumes from `out/checkpoints`."""
+    from tqdm.auto import tqdm
+
+    from lamo_cli.backbones.cogvideox import tiny_untrained_components
+    from lamo_cli.training import LRSchedule, MetricsLog, latest_checkpoint, load_checkpoint, plot_loss_curve, read_metrics, save_checkpoint, seeded_generator
+
+    out = Path(out)
+    vae = tiny_untrained_components()["vae"].train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = LRSchedule(lr, warmup, "cosine", steps, min_ratio=0.05)
+    start = 0
+    last = latest_checkpoint(out)
+    if last is not None:
+        ckpt = load_checkpoint(last)
+        vae.load_state_dict(ckpt.weights)
+        ckpt.load_optimizer(optimizer)
+        start = ckpt.step
+    clips = torch.from_numpy(_load_world_clips(Path(world_dir)))
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start)
+    bar = tqdm(total=steps, initial=start, desc="vae", disable=not progress, dynamic_ncols=True)
+    l1 = float("nan")
+    for step in range(start, steps):
+        gen = seeded_generator(seed, "vae-batch", step)  # a pure function of the step: resume is exact
+        pick = torch.randint(0, clips.shape[0], (batch_size,), generator=gen)
+        first = torch.randint(0, clips.shape[1] - window_frames + 1, (batch_size,), generator=gen)
+        top = torch.randint(0, clips.shape[2] - crop + 1, (batch_size,), generator=gen).tolist()
+        left = torch.randint(0, clips.shape[3] - crop + 1, (batch_size,), generator=gen).tolist()
+        x = torch.stack([
+            clips[i, f : f + window_frames, y : y + crop, x0 : x0 + crop]
+            for i, f, y, x0 in zip(pick.tolist(), first.tolist(), top, left)
+        ])
+        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        l1_t = (recon - x).abs().mean()
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = l1_t + kl_weight * kl
+        schedule.apply(optimizer, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        l1 = float(l1_t.detach())
+        log.write({"step": step + 1, "l1": l1, "kl": float(kl), "lr": schedule.lr_at(step)})
+        bar.set_postfix(l1=f"{l1:.4f}")
+        bar.update(1)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            save_checkpoint(out, step + 1, weights=vae.state_dict(), optimizer=optimizer, state={"phase": "vae"})
+    bar.close()
+    plot_loss_curve(read_metrics(out / "metrics.jsonl"), out / "loss.png", ["l1", "kl"], title="tiny VAE")
+    log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:8])})
+    return {"vae": vae.eval().requires_grad_(False), "l1": l1}
+
+
+@torch.no_grad()
+def _full_clip_l1(vae, clips: torch.Tensor) -> float:
+    x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    return float(sum((vae.decode(vae.encode(c[None]).latent_dist.mean).sample - c[None]).abs().mean() for c in x) / len(x))
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, clips: np.ndarray, max_clips: int = 64) -> float:
+    """1 / std of the posterior means (the convention of CogVideoX's published factors)."""
+    means = []
+    for clip in clips[:max_clips]:
+        x = torch.from_numpy(clip)[None].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        means.append(vae.encode(x).latent_dist.mean.flatten())
+    return float(1.0 / torch.cat(means).std())
+
+
+def build_tiny(
+    out: str | os.PathLike = "tiny-build",
+    clips: int = 600,
+    seed: int = 0,
+    vae_steps: int = 3000,
+    vae_batch_size: int = 4,
+    vae_lr: float = 1e-3,
+    transformer_steps: int = 6000,
+    transformer_batch_size: int = 8,
+    transformer_lr: float = 3e-4,
+    transformer_warmup: int = 200,
+    caption_dropout: float = 0.1,
+    save_every: int = 200,
+    install: bool = False,
+    progress: bool = True,
+) -> BuildTinySummary:
+    from lamo_cli.backbones.cogvideox import LAMO_META_FILE, TINY_FORMAT, TINY_WEIGHTS, CogVideoXBackbone, tiny_untrained_components
+    from lamo_cli.data.world import write_world
+    from lamo_cli.fileio import write_json
+    from lamo_cli.stages.encode import encode
+    from lamo_cli.stages.finetune import finetune
+
+    started = time.time()
+    out = Path(out)
+    summary = BuildTinySummary(out)
+    world_dir, vae_dir, model_dir = out / "world", out / "vae-train", out / "model"
+    cache_dir, run_dir = out / "cache", out / "transformer-run"
+
+    # 1. world
+    if (world_dir / "metadata.jsonl").is_file():
+        summary.phases["world"] = "skipped (exists)"
+    else:
+        write_world(world_dir, clips, split="train", seed=seed, num_frames=TINY_FORMAT.num_frames, size=TINY_FORMAT.height)
+        summary.phases["world"] = "done"
+
+    # 2-3. VAE, then the model folder around it
+    if (model_dir / LAMO_META_FILE).is_file():
+        summary.phases["vae"] = summary.phases["model"] = "skipped (exists)"
+    else:
+        trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, progress=progress)
+        vae = trained["vae"]
+        summary.vae_l1 = trained["l1"]
+        factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
+        vae.register_to_config(scaling_factor=factor)
+        parts = tiny_untrained_components()
+        parts["vae"] = vae
+        backbone = CogVideoXBackbone("tiny", parts.__getitem__, TINY_FORMAT, "cpu")
+        tmp = model_dir.with_name(model_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        backbone.save(tmp)
+        os.replace(tmp, model_dir)
+        summary.phases["vae"] = summary.phases["model"] = "done"
+
+    # 4. encode
+    encode([world_dir], backbone=str(model_dir), out=cache_dir, progress=progress)
+    summary.phases["encode"] = "done"
+
+    # 5. the denoiser, from scratch (a plain model: the drift loss is LaMo's job, later)
+    result = finetune(
+        cache=cache_dir,
+        backbone=str(model_dir),
+        out=run_dir,
+        steps=transformer_steps,
+        drift_weight=0.0,
+        full=True,
+        lr=transformer_lr,
+        warmup=transformer_warmup,
+        batch_size=transformer_batch_size,
+        caption_dropout=caption_dropout,
+        gradient_checkpointing=False,
+        save_every=save_every,
+        resume=(run_dir / "checkpoints").is_dir(),
+        seed=seed,
+        progress=progress,
+    )
+    summary.transformer_loss = getattr(result, "final_loss", None)
+    trained_transformer = run_dir / "transformer"
+    if not trained_transformer.is_dir():
+        raise LamoError(f"{run_dir}: the transformer run wrote no transformer/ folder; rerun `lamo build-tiny --out {out}`")
+    shutil.rmtree(model_dir / "transformer")
+    shutil.copytree(trained_transformer, model_dir / "transformer")
+    summary.phases["transformer"] = "done"
+    write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "transformer_steps": transformer_steps,
+                                    "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr})
+
+    # 6. install into the package
+    if install:
+        tmp = TINY_WEIGHTS.with_name("tiny.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model_dir, tmp)
+        shutil.rmtree(TINY_WEIGHTS, ignore_errors=True)
+        os.replace(tmp, TINY_WEIGHTS)
+        summary.installed = TINY_WEIGHTS
+        summary.phases["install"] = "done"
+    summary.seconds = time.time() - started
+    return summary
