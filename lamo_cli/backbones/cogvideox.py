@@ -410,96 +410,64 @@ TINY_RANDOM_TEXT_LEN = 64  # ByT5 is one token per byte: 64 covers short prompts
 TINY_RANDOM_SEED = 20260524
 
 
-def tiny_random_components(rope: bool = False) -> dict[str, Any]:
-    """Deterministic tiny components of the real CogVideoX classes (same weights in every process)."""
+def _small_components(fmt: VideoFormat, seed: int, *, vae_blocks: tuple[int, ...], latent_channels: int, text_dim: int,
+                      heads: int, head_dim: int, layers: int, time_dim: int, text_length: int, rope: bool) -> dict[str, Any]:
+    """Small, seeded instances of the real CogVideoX classes (identical weights in every process)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
-    fmt = TINY_RANDOM_FORMAT
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_RANDOM_SEED)
+        torch.manual_seed(seed)
         vae = AutoencoderKLCogVideoX(
-            block_out_channels=(32, 32, 64, 64),
-            latent_channels=16,
+            down_block_types=("CogVideoXDownBlock3D",) * len(vae_blocks),
+            up_block_types=("CogVideoXUpBlock3D",) * len(vae_blocks),
+            block_out_channels=vae_blocks,
+            latent_channels=latent_channels,
             layers_per_block=1,
             norm_num_groups=8,
-            temporal_compression_ratio=4,
+            temporal_compression_ratio=fmt.temporal_compression,
             sample_height=fmt.height,
             sample_width=fmt.width,
         )
         text_encoder = T5EncoderModel(
-            T5Config(vocab_size=384, d_model=32, d_ff=64, d_kv=16, num_layers=2, num_heads=2, decoder_start_token_id=0)
+            T5Config(vocab_size=384, d_model=text_dim, d_ff=2 * text_dim, d_kv=text_dim // 2, num_layers=2, num_heads=2, decoder_start_token_id=0)
         )
         transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=2,
-            attention_head_dim=32,
-            in_channels=16,
-            out_channels=16,
-            time_embed_dim=64,
-            text_embed_dim=32,
-            num_layers=2,
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            time_embed_dim=time_dim,
+            text_embed_dim=text_dim,
+            num_layers=layers,
             sample_width=fmt.latent_width,
             sample_height=fmt.latent_height,
             sample_frames=fmt.num_frames,
             patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=TINY_RANDOM_TEXT_LEN,
+            temporal_compression_ratio=fmt.temporal_compression,
+            max_text_seq_length=text_length,
             use_rotary_positional_embeddings=rope,
         )
     return {
         "vae": vae,
         "text_encoder": text_encoder,
-        "tokenizer": ByT5Tokenizer(),
+        "tokenizer": ByT5Tokenizer(),  # one token per byte: needs no download
         "transformer": transformer,
         "scheduler": CogVideoXDDIMScheduler(**SCHEDULER_2B),
     }
+
+
+def tiny_random_components(rope: bool = False) -> dict[str, Any]:
+    """`tiny-random`: 4-block VAE (8x spatial), 2-layer transformer; `rope=True` gives a 5B-style one."""
+    return _small_components(TINY_RANDOM_FORMAT, TINY_RANDOM_SEED, vae_blocks=(32, 32, 64, 64), latent_channels=16, text_dim=32,
+                             heads=2, head_dim=32, layers=2, time_dim=64, text_length=TINY_RANDOM_TEXT_LEN, rope=rope)
 
 
 def tiny_untrained_components(text_length: int = 96) -> dict[str, Any]:
     """The `tiny` architecture before training: a 3-block VAE (4x spatial, 4x temporal, 8 latent
     channels), a small frozen random T5 over bytes, and a 4-layer transformer (2B-style sincos)."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    fmt = TINY_FORMAT
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_RANDOM_SEED + 1)
-        vae = AutoencoderKLCogVideoX(
-            down_block_types=("CogVideoXDownBlock3D",) * 3,
-            up_block_types=("CogVideoXUpBlock3D",) * 3,
-            block_out_channels=(32, 32, 64),
-            latent_channels=8,
-            layers_per_block=1,
-            norm_num_groups=8,
-            temporal_compression_ratio=4,
-            sample_height=fmt.height,
-            sample_width=fmt.width,
-        )
-        text_encoder = T5EncoderModel(
-            T5Config(vocab_size=384, d_model=64, d_ff=128, d_kv=32, num_layers=2, num_heads=2, decoder_start_token_id=0)
-        )
-        transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=4,
-            attention_head_dim=48,
-            in_channels=8,
-            out_channels=8,
-            time_embed_dim=128,
-            text_embed_dim=64,
-            num_layers=4,
-            sample_width=fmt.latent_width,
-            sample_height=fmt.latent_height,
-            sample_frames=fmt.num_frames,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=text_length,
-        )
-    return {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": ByT5Tokenizer(),
-        "transformer": transformer,
-        "scheduler": CogVideoXDDIMScheduler(**SCHEDULER_2B),
-    }
+    return _small_components(TINY_FORMAT, TINY_RANDOM_SEED + 1, vae_blocks=(32, 32, 64), latent_channels=8, text_dim=64,
+                             heads=4, head_dim=48, layers=4, time_dim=128, text_length=text_length, rope=False)
 
 
 def _tiny_random_loader() -> Callable[[str], Any]:
