@@ -1,0 +1,272 @@
+"""The physics score: tracker accuracy, the >= 99% ground-truth bar per family (through mp4), each
+corruption failing exactly its own check, caption/attribute checks, aggregates, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lamo_cli.cli import app
+from lamo_cli.data import world as W
+from lamo_cli.data.mp4 import write_mp4
+from lamo_cli.eval import physics as P
+from lamo_cli.eval.tracker import components, label_components, memberships, track_video
+
+
+def mp4_round_trip(frames: np.ndarray, tmp_path, name: str = "clip.mp4") -> np.ndarray:
+    import decord
+
+    path = tmp_path / name
+    write_mp4(path, frames)
+    return decord.VideoReader(str(path)).get_batch(list(range(len(frames)))).asnumpy()
+
+
+# ==================================================================== tracker
+def test_membership_is_coverage_on_antialiased_edges():
+    red, bg = np.array(W.PALETTE["red"], float), np.array(W.BACKGROUND, float)
+    floor = np.array(W.FLOOR_COLOUR, float)
+    pixels = np.stack([0.5 * red + 0.5 * bg, 0.25 * red + 0.75 * floor, red, bg, floor, 0.5 * bg + 0.5 * floor])
+    member = memberships(np.rint(pixels).astype(np.uint8).reshape(1, 1, -1, 3))[0]
+    k = W.COLOUR_NAMES.index("red")
+    assert member[k, 0] == pytest.approx([0.5, 0.25, 1.0, 0.0, 0.0, 0.0], abs=0.02)
+    others = np.delete(member[:, 0], k, axis=0)
+    assert others.max() < 0.02
+
+
+def test_connected_components_by_hand():
+    mask = np.zeros((1, 7, 7), bool)
+    mask[0, 0:2, 0:2] = True  # blob A
+    mask[0, 2, 2] = True  # touches A diagonally -> same component (8-connectivity)
+    mask[0, 5:7, 4:7] = True  # blob B
+    labels = label_components(mask)[0]
+    assert labels[0, 0] == labels[2, 2] != 0
+    assert labels[6, 6] != labels[0, 0] and labels[6, 6] != 0
+    assert len(np.unique(labels)) == 3
+    assert sorted(len(rows) for rows, _ in components(mask[0])) == [5, 6]
+
+
+def _truth_errors(clips, frames_list):
+    errors, radius_errors = [], []
+    for clip, frames in zip(clips, frames_list):
+        result = track_video(frames)
+        for k in range(clip.num_objects):
+            track = result.tracks[W.COLOUR_NAMES[clip.colours[0, k]]]
+            ok = track.valid
+            errors.append(np.linalg.norm(track.pos[ok] - clip.positions[ok, k] * clip.size, axis=1))
+            radius_errors.append(np.abs(track.radius[ok] - clip.radii[ok, k] * clip.size))
+    return np.concatenate(errors), np.concatenate(radius_errors)
+
+
+def test_tracker_subpixel_accuracy_on_clean_and_decoded_renders(tmp_path):
+    clips = [W.simulate_clip(W.FAMILIES[i % 6], np.random.default_rng(50 + i)) for i in range(12)]
+    clean = [W.render_clip(c) for c in clips]
+    err, rerr = _truth_errors(clips, clean)
+    assert err.mean() < 0.05 and np.percentile(err, 99) < 0.15 and rerr.mean() < 0.05
+    decoded = [mp4_round_trip(f, tmp_path, f"c{i}.mp4") for i, f in enumerate(clean)]
+    err, rerr = _truth_errors(clips, decoded)
+    assert err.mean() < 0.1 and np.percentile(err, 99) < 0.3 and rerr.mean() < 0.1
+
+
+def test_tracker_marks_missing_duplicate_and_occluded_frames():
+    clip = W.simulate_clip("occlude", np.random.default_rng(2))
+    frames = W.render_clip(clip)
+    track = track_video(frames).tracks[clip.attributes["colours"][0]]
+    assert (~track.present).any() and track.occluded.any() and track.valid.sum() > 10
+    dup = W.corrupt_clip(W.simulate_clip("drop", np.random.default_rng(2)), "duplicate")
+    track = track_video(W.render_clip(dup)).tracks[dup.attributes["colours"][0]]
+    assert track.duplicates[-1] == 1 and track.duplicates[0] == 0
+
+
+# ==================================================================== ground truth passes
+@pytest.mark.parametrize("family", W.FAMILIES)
+def test_ground_truth_renders_pass_per_family(family, tmp_path):
+    """The acceptance bar: >= 99% of ground-truth renders of every family pass SA and PC after an
+    mp4 round trip (here train and ood draws; larger runs are in the report)."""
+    results = []
+    for split, count in (("train", 25), ("ood", 10)):
+        for index in range(count):
+            clip = W.simulate_clip(family, W.clip_rng(123, split, index), split)
+            frames = mp4_round_trip(W.render_clip(clip), tmp_path)
+            results.append(P.score_frames(frames, clip.caption))
+    failures = [(r["caption"], r["failed_laws"], r["failed_attributes"]) for r in results if not r["Joint"]]
+    assert len(failures) <= math.floor(0.01 * len(results)), failures
+    assert all(r["dynamic"] for r in results)
+    summary = P.aggregate(results)["per_family"][family]
+    assert summary["n"] == len(results) and summary["Joint"] >= 99.0
+
+
+# ==================================================================== corruptions
+CORRUPTION_PLAN = {  # kind -> (family, forced choices, caption mentions)
+    "half_gravity": ("drop", {}, None),
+    "floaty_fall": ("drop", {}, "none"),  # it never bounces, so its caption must not say how high
+    "jitter": ("uniform", {}, None),
+    "vanish": ("drop", {}, None),
+    "duplicate": ("drop", {}, None),
+    "energy_gain": ("drop", {"bounciness": "bouncy"}, None),
+    "speed_change": ("uniform", {"speed": "fast"}, None),
+    "colour_change": ("drop", {}, None),
+    "size_change": ("drop", {"sizes": ["large"]}, None),
+    "floor_penetration": ("drop", {}, None),
+    "momentum_violation": ("collide", {"config": "at_rest"}, None),
+    "teleport": ("drop", {}, None),
+    "late_reappear": ("occlude", {"speed": "fast"}, None),
+}
+
+
+def _suitable(kind: str, clip: W.Clip) -> bool:
+    if kind == "speed_change":  # it needs a wall contact with room to measure before and after
+        return any(e["kind"].startswith("wall") and 5 <= e["frame"] <= 24 for e in clip.events)
+    return True
+
+
+def test_corruption_plan_covers_every_target():
+    assert set(CORRUPTION_PLAN) | {"freeze", "gravity_flip"} == set(W.CORRUPTION_KINDS)
+    assert set(P.CORRUPTION_TARGET.values()) - {"dynamic"} == set(P.LAWS)
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTION_PLAN))
+def test_each_corruption_fails_exactly_its_own_check(kind, tmp_path):
+    family, choices, mention = CORRUPTION_PLAN[kind]
+    target = P.CORRUPTION_TARGET[kind]
+    done, seed = 0, 0
+    while done < 3:
+        clip = W.simulate_clip(family, np.random.default_rng(700 + seed), "test", choices=choices, mention=mention)
+        seed += 1
+        if not _suitable(kind, clip):
+            continue
+        clean = P.score_frames(mp4_round_trip(W.render_clip(clip), tmp_path), clip.caption)
+        assert clean["Joint"], (clip.caption, clean["failed_laws"], clean["failed_attributes"])
+        bad = P.corrupt(clip, kind)
+        result = P.score_frames(mp4_round_trip(W.render_clip(bad), tmp_path), bad.caption)
+        failed = set(result["failed_laws"]) | {f"attribute:{a}" for a in result["failed_attributes"]}
+        assert failed == {target}, (kind, clip.caption, failed, result["laws"][target])
+        assert result["PC"] is False and result["SA"] is True
+        done += 1
+
+
+def test_frozen_video_is_not_dynamic_and_fails_pc():
+    for family in ("uniform", "drop"):
+        clip = W.simulate_clip(family, np.random.default_rng(4))
+        frozen = P.freeze_frames(W.render_clip(clip))
+        result = P.score_frames(frozen, clip.caption)
+        assert result["dynamic"] is False and result["PC"] is False and result["Joint"] is False
+        moving = P.score_frames(W.render_clip(clip), clip.caption)
+        assert moving["dynamic"] is True and moving["PC"] is True
+    agg = P.aggregate([result, moving])
+    assert agg["overall"]["dynamic"] == 50.0
+
+
+# ==================================================================== attributes
+def test_caption_attributes_can_fail():
+    clip = W.simulate_clip("projectile", np.random.default_rng(8), choices={"colours": ["red"], "direction": "right"}, mention="all")
+    frames = W.render_clip(clip)
+    assert P.score_frames(frames, clip.caption)["SA"] is True
+    wrong_colour = clip.caption.replace(" red ", " blue ")
+    result = P.score_frames(frames, wrong_colour)
+    assert "colours" in result["failed_attributes"] and result["SA"] is False and result["PC"] is True
+    wrong_direction = clip.caption.replace("to the right", "to the left")
+    assert P.score_frames(frames, wrong_direction)["failed_attributes"] == ["direction"]
+    other_speed = "fast" if clip.attributes["speed"] == "slow" else "slowly"
+    word = "slowly" if clip.attributes["speed"] == "slow" else "fast"
+    assert P.score_frames(frames, clip.caption.replace(f"thrown {word}", f"thrown {other_speed}"))["failed_attributes"] == ["speed"]
+
+
+def test_two_object_caption_count_and_bounciness():
+    clip = W.simulate_clip("collide", np.random.default_rng(3), choices={"bounciness": "elastic"}, mention="all")
+    frames = W.render_clip(clip)
+    assert P.score_frames(frames, clip.caption)["SA"] is True
+    soft = clip.caption.replace("elastically", "softly")
+    assert P.score_frames(frames, soft)["failed_attributes"] == ["bounciness"]
+
+
+def test_parse_round_trip_through_the_score():
+    clip = W.simulate_clip("uniform", np.random.default_rng(6), mention="all")
+    result = P.score_frames(W.render_clip(clip), clip.caption)
+    assert result["stated"] == W.parse_caption(clip.caption) == clip.caption_attributes
+    assert set(result["attributes"]) == {"colours", "count", "sizes", "region", "direction", "speed"}
+
+
+# ==================================================================== aggregates
+def test_aggregate_percentages_by_hand():
+    def fake(family, sa, pc, dynamic=True, accel=0.1):
+        laws = {name: {"pass": True, "value": None} for name in P.LAWS}
+        laws["accel"] = {"pass": pc, "value": accel}
+        return {"family": family, "SA": sa, "PC": pc, "Joint": sa and pc, "dynamic": dynamic, "laws": laws}
+
+    results = [fake("drop", True, True, accel=0.1), fake("drop", True, False, accel=0.3),
+               fake("drop", False, True, accel=0.2), fake("ramp", False, False, dynamic=False, accel=0.5)]
+    agg = P.aggregate(results)
+    assert agg["per_family"]["drop"]["SA"] == pytest.approx(200 / 3)
+    assert agg["per_family"]["drop"]["PC"] == pytest.approx(200 / 3)
+    assert agg["per_family"]["drop"]["Joint"] == pytest.approx(100 / 3)
+    assert agg["per_family"]["drop"]["medians"]["accel"] == pytest.approx(0.2)
+    assert agg["overall"]["n"] == 4 and agg["overall"]["Joint"] == 25.0 and agg["overall"]["dynamic"] == 75.0
+    assert set(agg["per_family"]) == {"drop", "ramp"}
+
+
+# ==================================================================== CLI
+runner = CliRunner()
+
+
+def test_cli_world_then_eval_round_trip(tmp_path):
+    world_dir, out = tmp_path / "world", tmp_path / "report"
+    made = runner.invoke(app, ["world", "--out", str(world_dir), "--n", "6", "--seed", "2", "--no-progress"])
+    assert made.exit_code == 0, made.output
+    assert len(list(world_dir.glob("*.mp4"))) == 6 and (world_dir / "metadata.jsonl").is_file()
+    scored = runner.invoke(app, ["eval", str(world_dir), "--out", str(out), "--reference", "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    report = json.loads((out / "report.json").read_text())
+    for block in [report["overall"], *report["per_family"].values()]:
+        assert {"SA", "PC", "Joint", "dynamic", "n", "medians"} <= set(block)
+    assert report["overall"]["n"] == 6 and report["overall"]["Joint"] == 100.0
+    assert set(report["per_family"]) == set(W.FAMILIES)
+    assert len(report["videos"]) == 6 and all(set(P.LAWS) <= set(v["laws"]) for v in report["videos"])
+    assert report["reference"]["overall"]["PC"] == 100.0
+    assert (out / "chart.png").stat().st_size > 1000
+
+
+def test_cli_eval_reads_generate_sidecars(tmp_path):
+    clip = W.simulate_clip("ramp", np.random.default_rng(1))
+    write_mp4(tmp_path / "out.mp4", W.render_clip(clip))
+    (tmp_path / "out.json").write_text(json.dumps({"prompt": clip.caption, "seed": 42}))
+    scored = runner.invoke(app, ["eval", str(tmp_path / "out.mp4"), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["videos"][0]["caption"] == clip.caption and report["per_family"]["ramp"]["n"] == 1
+
+
+def test_cli_eval_missing_path_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "nope"), "--no-progress"])
+    assert result.exit_code == 2
+    message = [line for line in result.output.splitlines() if line.strip()]
+    assert len(message) == 1 and "does not exist" in message[0]
+
+
+def test_cli_eval_skips_and_lists_an_empty_mp4(tmp_path):
+    folder = tmp_path / "vids"
+    W.write_world(folder, n=2, families="drop")
+    (folder / "broken.mp4").write_bytes(b"")
+    (folder / "broken.txt").write_text("a red ball drops from the upper left and bounces\n")
+    result = runner.invoke(app, ["eval", str(folder), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["overall"]["n"] == 2
+    assert [s["path"].endswith("broken.mp4") for s in report["skipped"]] == [True]
+    assert "broken.mp4" in result.output
+
+
+def test_cli_eval_nothing_scored_exits_2(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    result = runner.invoke(app, ["eval", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 2 and "nothing could be scored" in result.output
+
+
+def test_cli_world_rejects_bad_options(tmp_path):
+    result = runner.invoke(app, ["world", "--out", str(tmp_path / "w"), "--families", "drop,flying", "--no-progress"])
+    assert result.exit_code == 2 and "--families" in result.output
+    result = runner.invoke(app, ["world", "--out", str(tmp_path / "w"), "--frames", "30", "--no-progress"])
+    assert result.exit_code == 2 and "8k+1" in result.output
