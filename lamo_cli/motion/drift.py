@@ -41,18 +41,28 @@ def lagged_difference(z: torch.Tensor, tau: int) -> torch.Tensor:
 
     z: `[..., T, C, H, W]` -> `[..., T - tau, C, H, W]`. Raises ValueError if `T <= tau`.
     """
+    _check_video(z, tau)
+    return z[..., tau:, :, :, :] - z[..., :-tau, :, :, :]
+
+
+def _check_video(z: torch.Tensor, tau: int) -> None:
     _check_tau(tau)
     if z.dim() < 4:
         raise ValueError(f"expected a latent video [..., T, C, H, W], got shape {tuple(z.shape)}")
     num_frames = z.shape[-4]
     if num_frames <= tau:
         raise ValueError(f"need more than tau={tau} latent frames for a lagged difference, got T={num_frames}")
-    return z[..., tau:, :, :, :] - z[..., :-tau, :, :, :]
 
 
 def macro_drift(z: torch.Tensor, tau: int = 2) -> torch.Tensor:
-    """Drift `mu^(i)`: spatial mean over (H, W) of the lagged difference. `[..., T, C, H, W] -> [..., T-tau, C]`."""
-    return lagged_difference(z, tau).mean(dim=(-2, -1))
+    """Drift `mu^(i)`: spatial mean over (H, W) of the lagged difference. `[..., T, C, H, W] -> [..., T-tau, C]`.
+
+    Pooled first, differenced second: the same value (both are linear) at a fraction of the memory
+    traffic, which matters at 13 x 16 x 60 x 90 latents.
+    """
+    _check_video(z, tau)
+    pooled = z.mean(dim=(-2, -1))
+    return pooled[..., tau:, :] - pooled[..., :-tau, :]
 
 
 def _drift_pair(x0_hat: torch.Tensor, x0: torch.Tensor, tau: int) -> tuple[torch.Tensor, torch.Tensor]:
