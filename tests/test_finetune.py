@@ -274,7 +274,7 @@ def test_two_process_torchrun_finetune(cache, tmp_path):
         port = str(probe.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "lamo_cli.cli", "finetune", str(cache), "--out", str(out), "--steps", "3", "--save-every", "2",
-           "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--no-progress"]
+           "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--batch-size", "1", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("wrote lora:") == 1, done.stdout  # rank 0 alone reports and writes
