@@ -13,11 +13,15 @@ from lamo_cli.errors import LamoError
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     videos: Annotated[
         Optional[list[Path]],
         typer.Argument(help="Video files or folders (searched recursively for .mp4, .mov, .mkv, .webm, ...).", show_default=False),
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone name (tiny-random, cogvideox-2b, cogvideox-5b) or a local diffusers folder.")] = "tiny-random",
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(help="tiny, tiny-random, cogvideox-2b, cogvideox-5b or a local diffusers folder (default: tiny when installed, else tiny-random).", show_default=False),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Cache folder to create or extend.")] = Path("lamo-cache"),
     captions: Annotated[
         Optional[Path], typer.Option(help="CSV or JSONL with path and caption columns (relative paths resolve against its folder).")
@@ -30,6 +34,7 @@ def command(
     start_frame: Annotated[int, typer.Option(help="First source frame to sample.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available, else cpu).", show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe TOML (path or name in recipes/); its encode table fills the options not given.")] = None,
 ) -> None:
     """Encode videos into a latent cache: UNSCALED VAE posterior means (+ log-variances) and text
     embeddings in Parquet shards, one row per clip.
@@ -39,24 +44,17 @@ def command(
     given folder, or NAME.txt beside each video. Reruns skip clips already in the cache. Runs as
     several processes under `torchrun --nproc_per_node N -m lamo_cli.cli encode ...`.
     """
+    from lamo_cli.backbones import default_backbone
+    from lamo_cli.recipes import resolve_options
     from lamo_cli.stages.encode import encode
 
     if not videos:
         raise LamoError("VIDEOS: give at least one video file or folder, e.g. `lamo encode clips/ --out lamo-cache`")
-    summary = encode(
-        videos,
-        backbone=backbone,
-        out=out,
-        captions=captions,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        allow_empty_caption=allow_empty_caption,
-        keep_logvar=logvar,
-        device=device,
-        progress=progress,
-        target_fps=fps,
-        start_frame=start_frame,
+    values = dict(
+        backbone=backbone or default_backbone(), out=out, captions=captions, batch_size=batch_size, shard_size=shard_size,
+        allow_empty_caption=allow_empty_caption, keep_logvar=logvar, device=device, target_fps=fps, start_frame=start_frame,
     )
+    summary = encode(videos, **resolve_options(ctx, "encode", values, recipe), progress=progress)
     if summary.rank == 0:
         print_summary(summary)
     if summary.nothing_done:

@@ -15,7 +15,10 @@ from lamo_cli.recipes import resolve_options
 def command(
     ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="What the video should show (or use --prompts-file).", show_default=False)] = None,
-    backbone: Annotated[str, typer.Option(help="tiny-random, cogvideox-2b, cogvideox-5b, or a local diffusers CogVideoX folder.")] = "tiny-random",
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(help="tiny, tiny-random, cogvideox-2b, cogvideox-5b, or a local diffusers CogVideoX folder (default: tiny when installed, else tiny-random).", show_default=False),
+    ] = None,
     lora: Annotated[Optional[str], typer.Option(help="A run folder written by `lamo finetune` (LoRA or full weights).")] = None,
     lora_scale: Annotated[Optional[float], typer.Option(help="LoRA scale; default: the run's alpha/rank.")] = None,
     prior: Annotated[Optional[str], typer.Option(help="Prior folder from `lamo fit-prior` (default ./lamo-prior if it exists; 'none' for no guidance).")] = None,
@@ -41,10 +44,11 @@ def command(
     Writes OUT.mp4, OUT.json (prompt, settings, seed, versions, per-step guidance losses, timings)
     and OUT.latent.safetensors (the final latent, read by `lamo heatmap`).
     """
+    from lamo_cli.backbones import default_backbone
     from lamo_cli.stages.generate import generate
 
     values = dict(
-        prompt=prompt, backbone=backbone, lora=lora, lora_scale=lora_scale, prior=prior, guidance_scale=guidance_scale,
+        prompt=prompt, backbone=backbone or default_backbone(), lora=lora, lora_scale=lora_scale, prior=prior, guidance_scale=guidance_scale,
         guidance_window=guidance_window, steps=steps, cfg=cfg, dynamic_cfg=dynamic_cfg, sampler=sampler, seed=seed,
         negative_prompt=negative_prompt, num_videos=num_videos, prompts_file=prompts_file, out=out, fps=fps,
         device=device, dtype=dtype,

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from lamo_cli.backbones import load_backbone
+from lamo_cli.backbones import default_backbone, load_backbone
 from lamo_cli.data.cache import (
     EMPTY_PROMPT,
     CacheIdentity,
@@ -293,7 +293,7 @@ class _Progress:
 # ==================================================================== the stage
 def encode(
     videos: Iterable[str | os.PathLike],
-    backbone: Any = "tiny-random",
+    backbone: Any = None,
     out: str | os.PathLike = "lamo-cache",
     captions: str | os.PathLike | None = None,
     batch_size: int = 1,
@@ -327,6 +327,7 @@ def encode(
         raise LamoError(f"--out {out} is a file; pass a folder for the cache")
     ranks = _Ranks.from_env()
 
+    backbone = default_backbone() if backbone is None else backbone
     if isinstance(backbone, (str, os.PathLike)):
         label = f"--backbone {backbone}"
         model = load_backbone(backbone, device=device or ranks.default_device())

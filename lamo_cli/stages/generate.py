@@ -208,7 +208,7 @@ def _json_float(value: Optional[float]) -> Optional[float]:
 # ==================================================================== the stage
 def generate(
     prompt: Optional[str] = None,
-    backbone: str = "tiny-random",
+    backbone: Optional[str] = None,
     lora: Optional[str] = None,
     lora_scale: Optional[float] = None,
     prior: Optional[str] = None,
@@ -234,7 +234,7 @@ def generate(
     `seed + k` for the k-th video of a prompt. In a prompt batch a failing prompt is recorded in
     `failures` and the rest continue; a single prompt raises.
     """
-    from lamo_cli.backbones import load_backbone
+    from lamo_cli.backbones import default_backbone, load_backbone
 
     _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out)
     started = time.perf_counter()
@@ -247,6 +247,7 @@ def generate(
     jobs = [_Job(text, index, f"prompt {index:03d} {text[:40]!r}") for index, text in enumerate(prompts)]
 
     prior_path, prior_note = resolve_prior(prior, guidance_scale)
+    backbone = backbone or default_backbone()
     model = load_backbone(backbone, device=device, dtype=dtype)
     sampler = sampler or model.sampler
     lora_record = apply_lora(model, lora, lora_scale) if lora else None

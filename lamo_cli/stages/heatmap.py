@@ -168,7 +168,7 @@ def heatmap(
     dtype: Optional[str] = None,
 ) -> HeatmapResult:
     """Drift and field heatmaps of one clip at its most-moving frame pair t* (see module docstring)."""
-    from lamo_cli.backbones import load_backbone
+    from lamo_cli.backbones import default_backbone, load_backbone
     from lamo_cli.fileio import write_json
     from lamo_cli.motion.heatmap import drift_heatmap, field_heatmap, most_moving_pair, pearson_r
 
@@ -180,7 +180,7 @@ def heatmap(
     latent_path = video_path.with_suffix(".latent.safetensors")
     recorded_backbone = record.get("backbone") if isinstance(record.get("backbone"), dict) else {}
     recorded_spec = _recorded_backbone_spec(recorded_backbone)
-    spec = backbone or recorded_spec or "tiny-random"
+    spec = backbone or recorded_spec or default_backbone()
     model = load_backbone(spec, device=device, dtype=dtype)
     notes: list[str] = []
 
