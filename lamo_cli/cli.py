@@ -26,6 +26,7 @@ _COMMANDS = [
     ("world", "world"),
     ("eval", "evaluate"),
     ("demo", "demo"),
+    ("build-tiny", "build_tiny"),
 ]
 
 for _name, _module in _COMMANDS:

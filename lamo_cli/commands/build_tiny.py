@@ -1,0 +1,33 @@
+"""CLI for `lamo build-tiny`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lamo_cli.commands._common import console, handle_errors
+
+
+@handle_errors
+def command(
+    out: Annotated[str, typer.Option(help="Work folder (world clips, VAE checkpoints, cache, runs); reruns continue here.")] = "tiny-build",
+    clips: Annotated[int, typer.Option(help="Physics-world training clips.")] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the training runs.")] = 0,
+    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 1500,
+    transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 4000,
+    transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
+    transformer_lr: Annotated[float, typer.Option(help="Transformer learning rate.")] = 3e-4,
+    install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Train the embedded `tiny` backbone from scratch on the physics world, on a CPU: world ->
+    VAE -> encode -> transformer (-> install). Every phase resumes where a killed run stopped."""
+    from lamo_cli.stages.build_tiny import build_tiny
+
+    summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, transformer_steps=transformer_steps,
+                         transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr, install=install, progress=progress)
+    for phase, state in summary.phases.items():
+        console.print(f"{phase:12s} {state}")
+    console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)
+    console.print(f"done in {summary.seconds / 60:.1f} min")
