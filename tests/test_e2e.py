@@ -72,3 +72,30 @@ def test_demo_runs_every_arm_and_scores_them(tmp_path):
     unguided = json.loads(next((tmp_path / "demo" / "videos" / "with-drift").glob("*.json")).read_text())
     assert guided["prompt"] == unguided["prompt"] and guided["seed"] == unguided["seed"]
     assert (tmp_path / "demo" / "comparison.png").is_file()
+
+
+def test_5b_style_folder_backbone_chains_without_repeating_it(tmp_path, monkeypatch):
+    """A local diffusers folder with 3D RoPE and the DPM scheduler (the CogVideoX-5B code path):
+    the cache records the folder, so fit-prior and finetune find the backbone on their own."""
+    from diffusers import CogVideoXDPMScheduler
+
+    from lamo_cli.backbones.cogvideox import SCHEDULER_2B, TINY_RANDOM_FORMAT, CogVideoXBackbone, tiny_random_components
+    from lamo_cli.data.world import write_world
+
+    monkeypatch.chdir(tmp_path)
+    parts = tiny_random_components(rope=True)
+    parts["scheduler"] = CogVideoXDPMScheduler(**{**SCHEDULER_2B, "snr_shift_scale": 1.0})
+    CogVideoXBackbone("tiny-5b-style", parts.__getitem__, TINY_RANDOM_FORMAT, "cpu").save("model5b")
+    write_world("clips", 3, num_frames=17)
+
+    lamo("encode", "clips", "--backbone", "model5b", "--no-progress")
+    manifest = json.loads((tmp_path / "lamo-cache" / "manifest.json").read_text())
+    assert manifest["backbone"] == str((tmp_path / "model5b").resolve())
+    lamo("fit-prior", "--steps", "4", "--width", "16", "--depth", "1", "--warmup", "1", "--no-progress")
+    lamo("finetune", "--steps", "2", "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--no-progress")
+    lamo("generate", "a red ball drops", "--backbone", "model5b", "--lora", "lamo-run", "--steps", "4", "--no-progress")
+    sidecar = json.loads((tmp_path / "out.json").read_text())
+    assert sidecar["settings"]["sampler"] == "dpm" and sidecar["guidance"]["enabled"]
+    monkeypatch.chdir(tmp_path.parent)  # the sidecar names the folder absolutely: heatmap works from anywhere
+    lamo("heatmap", str(tmp_path / "out.mp4"), "--out", str(tmp_path / "maps"))
+    assert (tmp_path / "maps" / "heatmap.json").is_file()

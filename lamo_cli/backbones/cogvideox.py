@@ -250,6 +250,11 @@ class CogVideoXBackbone:
         (folder / LAMO_META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
 
+    @property
+    def spec(self) -> str:
+        """What `load_backbone` needs to load this model again: its registered name, else its folder."""
+        return self.name if self.name in registered_backbones() else self.source
+
     def describe(self) -> dict:
         return {
             "backbone": self.name,
@@ -329,7 +334,7 @@ def _from_folder(folder: Path, device: torch.device, dtype) -> CogVideoXBackbone
     name = meta.get("name") or _guess_name(folder)
     fmt = VideoFormat(**meta["video_format"]) if "video_format" in meta else _infer_format(folder)
     tiny = name.startswith("tiny")
-    return CogVideoXBackbone(name, _folder_loader(str(folder)), fmt, device, _resolve_dtype(dtype, device, tiny), source=str(folder))
+    return CogVideoXBackbone(name, _folder_loader(str(folder)), fmt, device, _resolve_dtype(dtype, device, tiny), source=str(folder.resolve()))
 
 
 def _from_hub(name: str, device: torch.device, dtype) -> CogVideoXBackbone:

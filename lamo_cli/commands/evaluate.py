@@ -19,19 +19,41 @@ def command(
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder for report.json and chart.png.")] = Path("lamo-eval"),
     reference: Annotated[
-        bool, typer.Option("--reference", help="Also score the ground-truth renders of videos with a NAME.state.json sidecar (the tracker's floor).")
+        bool, typer.Option("--reference", help="Also score the ground-truth renders of videos with a NAME.state.json sidecar (the tracker's floor); with --backbone also their VAE reconstructions (the autoencoder's floor).")
     ] = False,
+    voe: Annotated[
+        bool, typer.Option("--voe", help="Violation-of-expectation accuracy instead: does the model's denoising loss rank impossible twins above their possible clips? No VIDEOS; writes voe.json.")
+    ] = False,
+    backbone: Annotated[
+        Optional[str], typer.Option(help="Backbone (name or diffusers folder) for --reference's VAE floor and for --voe (default for --voe: tiny if installed, else tiny-random).", show_default=False)
+    ] = None,
+    lora: Annotated[
+        Optional[Path], typer.Option(help="--voe only: a `lamo finetune` run folder to apply to the backbone (LoRA or full).", show_default=False)
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="--voe only: number of (possible, impossible) pairs from the test split.")] = 24,
+    seed: Annotated[int, typer.Option(help="--voe only: seed of the pairs, the noise and the bootstrap.")] = 0,
+    timesteps: Annotated[int, typer.Option(help="--voe only: number of fixed timesteps, evenly spaced in [50, 950].")] = 8,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Score physics-world videos: physical laws (no ground truth needed) and caption attributes.
 
     Tracks the coloured discs, checks the laws of each video's family and the attributes its caption states. Captions come from NAME.txt beside each video or the "prompt" in a `lamo generate` NAME.json. Reports, per family and overall, SA (all attributes right), PC (dynamic and every law holds) and Joint (both) in percent, medians of the continuous metrics and the share of dynamic videos, as a table, report.json and chart.png. Unreadable or uncaptioned videos are skipped and listed.
     """
-    from lamo_cli.stages.evaluate import evaluate
+    from lamo_cli.stages.evaluate import evaluate, evaluate_voe
 
+    if voe:
+        if videos:
+            raise LamoError("--voe makes its own world pairs and takes no VIDEOS; run `lamo eval VIDEOS` separately")
+        if reference:
+            raise LamoError("--voe and --reference are separate modes; run them as two commands")
+        record = evaluate_voe(backbone, lora=lora, n=n, seed=seed, out=out, num_timesteps=timesteps, progress=progress)
+        print_voe(record)
+        return
+    if lora is not None:
+        raise LamoError("--lora applies to --voe only (the VAE floor does not use the transformer)")
     if not videos:
-        raise LamoError("VIDEOS: give at least one mp4 file or folder, e.g. `lamo eval lamo-world --out lamo-eval`")
-    report = evaluate(videos, out=out, reference=reference, progress=progress)
+        raise LamoError("VIDEOS: give at least one mp4 file or folder, e.g. `lamo eval lamo-world --out lamo-eval`, or use --voe")
+    report = evaluate(videos, out=out, reference=reference, progress=progress, backbone=backbone)
     print_report(report)
 
 
@@ -62,8 +84,38 @@ def print_report(report) -> None:
         console.print(_table("ground-truth renders (tracker floor)", report.reference["overall"], report.reference["per_family"]))
         if report.reference["without_state"]:
             console.print(f"  {report.reference['without_state']} videos had no NAME.state.json (no reference)")
+        if report.vae_reconstruction is None:
+            console.print("  VAE-reconstruction floor: not computed (needs --backbone)")
+    if report.vae_reconstruction is not None:
+        vae = report.vae_reconstruction
+        console.print(_table(f"VAE reconstructions ({vae['backbone']}, autoencoder floor)", vae["overall"], vae["per_family"]))
+        for item in vae["skipped"]:
+            console.print(f"  VAE floor skipped {item['path']}: {item['reason']}", soft_wrap=True)
     for item in report.skipped:
         console.print(f"  skipped {item['path']}: {item['reason']}", soft_wrap=True)
     if report.report_path:
         chart = f" and {report.chart_path}" if report.chart_path else ""
         console.print(f"wrote {report.report_path}{chart}", soft_wrap=True)
+
+
+def _num(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_voe(record: dict) -> None:
+    lora = record.get("lora")
+    title = f"violation of expectation ({record['backbone']['backbone']}" + (f" + {lora['kind']} {lora['run']}" if lora else "") + ")"
+    table = Table(title=title, title_justify="left")
+    for name in ("twin kind", "pairs", "accuracy", "mean gap", "ties"):
+        table.add_column(name, justify="left" if name == "twin kind" else "right", no_wrap=True)
+    for kind, block in record["per_kind"].items():
+        if block["n"]:
+            table.add_row(kind, str(block["n"]), _num(block["accuracy"], 3), _num(block["mean_gap"], 5), str(block["ties"]))
+    overall = record["overall"]
+    table.add_row("[bold]overall[/]", str(overall["n"]), _num(overall["accuracy"], 3), _num(overall["mean_gap"], 5), str(overall["ties"]))
+    console.print(table)
+    low, high = overall["accuracy_ci95"] or (None, None)
+    console.print(f"  accuracy 95% interval (bootstrap over pairs): [{_num(low, 3)}, {_num(high, 3)}]; "
+                  f"timesteps {record['timesteps']}")
+    if record.get("voe_path"):
+        console.print(f"wrote {record['voe_path']}", soft_wrap=True)

@@ -337,7 +337,7 @@ def encode(
     fps = float(target_fps or fmt.fps)
     fingerprint = model.latent_fingerprint()
     identity = CacheIdentity(
-        backbone=model.name,
+        backbone=model.spec,  # loadable again by later stages (a registered name or an absolute folder)
         latent_fingerprint=fingerprint,
         scaling_factor=model.scaling_factor,
         video_format=dict(fmt.__dict__),

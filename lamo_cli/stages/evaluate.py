@@ -5,10 +5,10 @@ NAME.json), its frames (decord), then `score_frames` (lamo_cli.eval.physics): la
 checks, SA / PC / Joint. Writes report.json and a bar chart into --out.
 
 Levels (PHYSICS_WORLD.md): `reference=True` also scores the ground-truth renders of every video
-that has a NAME.state.json sidecar (the tracker's floor). The VAE-reconstruction floor and
-violation-of-expectation accuracy need a backbone / a model's denoising loss and are left to the
-stages that load one: they can call `score_frames` on reconstructed frames and use
-`lamo_cli.data.world.voe_pairs`.
+that has a NAME.state.json sidecar (the tracker's floor) and, given a `backbone`, their VAE
+reconstructions in the backbone's video format (the autoencoder's floor).
+`evaluate_voe` is the violation-of-expectation accuracy (lamo_cli.eval.voe) of a backbone, optionally
+with a fine-tune run applied; it writes voe.json.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class EvalReport:
     videos: list[dict]
     skipped: list[dict]
     reference: dict | None = None
+    vae_reconstruction: dict | None = None
     report_path: str | None = None
     chart_path: str | None = None
     extra: dict = field(default_factory=dict)
@@ -57,6 +58,9 @@ class EvalReport:
         if self.reference is not None:
             out["reference"] = self.reference
             out["levels"]["ground_truth"] = {k: self.reference[k] for k in ("overall", "per_family")}
+        if self.vae_reconstruction is not None:
+            out["vae_reconstruction"] = self.vae_reconstruction
+            out["levels"]["vae_reconstruction"] = {k: self.vae_reconstruction[k] for k in ("overall", "per_family")}
         out.update(self.extra)
         return out
 
@@ -115,14 +119,43 @@ def score_video(video: Path) -> dict:
     return {"path": str(video), **result}
 
 
-def score_reference(video: Path) -> dict | None:
-    """The ground-truth render of a world clip from its NAME.state.json, scored (no codec)."""
-    state_path = video.with_name(video.stem + ".state.json")
+def state_path_of(video: Path) -> Path:
+    return video.with_name(video.stem + ".state.json")
+
+
+def load_state_clip(video: Path) -> world.Clip | None:
+    """The world clip of NAME.state.json beside the video, or None when there is no sidecar."""
+    state_path = state_path_of(video)
     if not state_path.is_file():
         return None
-    clip = world.clip_from_state(json.loads(state_path.read_text(encoding="utf-8")))
+    return world.clip_from_state(json.loads(state_path.read_text(encoding="utf-8")))
+
+
+def score_reference(video: Path) -> dict | None:
+    """The ground-truth render of a world clip from its NAME.state.json, scored (no codec)."""
+    clip = load_state_clip(video)
+    if clip is None:
+        return None
     result = physics.score_frames(world.render_clip(clip), clip.caption)
-    return {"path": str(state_path), **result}
+    return {"path": str(state_path_of(video)), **result}
+
+
+def score_vae_reconstruction(clip: world.Clip, backbone, source: str) -> dict:
+    """The clip rendered in the backbone's format (first num_frames frames, its height), VAE-encoded
+    and decoded, scored with the clip's caption. Raises ValueError(reason) when it cannot fit."""
+    from lamo_cli.eval.voe import vae_reconstruction
+
+    frames = vae_reconstruction(backbone, clip)
+    return {"path": source, **physics.score_frames(frames, clip.caption)}
+
+
+def _load_backbone(backbone):
+    """A backbone object as is; a name / folder loaded; None -> the default backbone."""
+    from lamo_cli.backbones import cogvideox
+
+    if backbone is None or isinstance(backbone, (str, os.PathLike)):
+        return cogvideox.load_backbone(str(backbone) if backbone is not None else cogvideox.default_backbone())
+    return backbone
 
 
 def evaluate(
@@ -130,15 +163,25 @@ def evaluate(
     out: str | os.PathLike | None = "lamo-eval",
     reference: bool = False,
     progress: bool = True,
+    backbone=None,
 ) -> EvalReport:
-    """Score videos (files or folders of mp4) and write report.json + chart.png into `out`."""
+    """Score videos (files or folders of mp4) and write report.json + chart.png into `out`.
+
+    `backbone` (name, folder or loaded backbone; only with reference=True) adds the
+    VAE-reconstruction level: each ground-truth clip re-rendered in the backbone's format, encoded
+    and decoded by its VAE, and scored."""
     from lamo_cli.data.video import discover_videos
 
+    if backbone is not None and not reference:
+        raise LamoError("--backbone with VIDEOS is used for the VAE-reconstruction floor: add --reference (or use --voe)")
     files, not_videos = discover_videos(list(videos))
     skipped = [{"path": str(p), "reason": "not a video file"} for p in not_videos]
     results: list[dict] = []
     references: list[dict] = []
+    reconstructions: list[dict] = []
+    vae_skipped: list[dict] = []
     missing_state = 0
+    vae_model = _load_backbone(backbone) if backbone is not None else None
 
     def run_one(video: Path) -> None:
         nonlocal missing_state
@@ -148,11 +191,17 @@ def evaluate(
             skipped.append({"path": str(video), "reason": str(exc)})
             return
         if reference:
-            ref = score_reference(video)
-            if ref is None:
+            clip = load_state_clip(video)
+            if clip is None:
                 missing_state += 1
-            else:
-                references.append(ref)
+                return
+            source = str(state_path_of(video))
+            references.append({"path": source, **physics.score_frames(world.render_clip(clip), clip.caption)})
+            if vae_model is not None:
+                try:
+                    reconstructions.append(score_vae_reconstruction(clip, vae_model, source))
+                except ValueError as exc:
+                    vae_skipped.append({"path": source, "reason": str(exc)})
 
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -170,14 +219,27 @@ def evaluate(
     ref_block = None
     if reference:
         ref_summary = physics.aggregate(references)
+        vae_note = ("The VAE-reconstruction floor is in vae_reconstruction." if vae_model is not None
+                    else "The VAE-reconstruction floor needs --backbone and is not computed here.")
         ref_block = {
             "level": "ground_truth",
-            "note": "renders re-made from NAME.state.json sidecars (no codec): the tracker's floor. "
-                    "The VAE-reconstruction floor needs a backbone and is not computed here.",
+            "note": "renders re-made from NAME.state.json sidecars (no codec): the tracker's floor. " + vae_note,
             "without_state": missing_state,
             **ref_summary,
         }
-    report = EvalReport(summary["overall"], summary["per_family"], results, skipped, ref_block)
+    vae_block = None
+    if vae_model is not None:
+        fmt = vae_model.video_format
+        vae_block = {
+            "level": "vae_reconstruction",
+            "note": f"ground truth re-rendered at {fmt.height} px, first {fmt.num_frames} frames (the backbone's format), "
+                    "VAE-encoded (posterior mean) and decoded: the autoencoder's floor",
+            "backbone": vae_model.name,
+            "video_format": dict(fmt.__dict__),
+            "skipped": vae_skipped,
+            **physics.aggregate(reconstructions),
+        }
+    report = EvalReport(summary["overall"], summary["per_family"], results, skipped, ref_block, vae_block)
     if out is not None:
         from lamo_cli.fileio import write_json
 
@@ -199,8 +261,19 @@ def evaluate(
     return report
 
 
+def report_levels(report: EvalReport) -> list[tuple[str, dict]]:
+    """(level name, overall block) for the generated videos and each reference level present."""
+    levels = [("generated", report.overall)]
+    if report.reference is not None:
+        levels.append(("ground truth", report.reference["overall"]))
+    if report.vae_reconstruction is not None:
+        levels.append(("VAE recon.", report.vae_reconstruction["overall"]))
+    return levels
+
+
 def write_chart(report: EvalReport, path: Path) -> None:
-    """Grouped bars of SA / PC / Joint per family and overall (PNG)."""
+    """Grouped bars of SA / PC / Joint per family and overall (PNG); with reference levels, a second
+    panel compares the overall scores of generated videos, ground truth and VAE reconstructions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +285,19 @@ def write_chart(report: EvalReport, path: Path) -> None:
     blocks = [report.per_family[g] for g in report.per_family] + [report.overall]
     metrics = ("SA", "PC", "Joint")
     width = 0.26
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) + 1.5), 3.6))
+    levels = report_levels(report)
+    if len(levels) > 1:
+        fig, (ax, level_ax) = plt.subplots(1, 2, figsize=(max(5.0, 1.2 * len(groups) + 1.5) + 1.2 * len(levels) + 1.5, 3.6),
+                                           gridspec_kw={"width_ratios": [max(2, len(groups)), max(2, len(levels))]})
+        for i, metric in enumerate(metrics):
+            values = [b[metric] or 0.0 for _, b in levels]
+            level_ax.bar([g + (i - 1) * width for g in range(len(levels))], values, width, label=metric)
+        level_ax.set_xticks(range(len(levels)))
+        level_ax.set_xticklabels([f"{name}\n(n={b['n']})" for name, b in levels], fontsize=8)
+        level_ax.set_ylim(0, 118)
+        level_ax.set_title("levels (overall)", fontsize=9)
+    else:
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) + 1.5), 3.6))
     for i, metric in enumerate(metrics):
         values = [b[metric] or 0.0 for b in blocks]
         xs = [g + (i - 1) * width for g in range(len(groups))]
@@ -221,9 +306,82 @@ def write_chart(report: EvalReport, path: Path) -> None:
     ax.set_xticklabels([f"{g}\n(n={b['n']})" for g, b in zip(groups, blocks)], fontsize=8)
     ax.set_ylim(0, 118)
     ax.set_ylabel("% of videos")
-    ax.set_title("physics score: semantic adherence (SA), physical commonsense (PC), both")
+    ax.set_title("physics score: semantic adherence (SA), physical commonsense (PC), both" if len(levels) == 1
+                 else "physics score per family: SA, PC, Joint", fontsize=None if len(levels) == 1 else 9)
     ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+# ==================================================================== violation of expectation
+def evaluate_voe(
+    backbone=None,
+    lora: str | os.PathLike | None = None,
+    n: int = 24,
+    seed: int = 0,
+    out: str | os.PathLike | None = "lamo-eval",
+    num_timesteps: int = 8,
+    families: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """VoE accuracy of a backbone (name, folder, loaded object; None -> the default) with an optional
+    fine-tune run applied, over `n` test-split pairs. Writes voe.json into `out`; returns its content."""
+    from lamo_cli.eval.voe import default_timesteps, voe_accuracy
+
+    if n < 1:
+        raise LamoError(f"--n {n}: give at least 1 pair")
+    if num_timesteps < 1:
+        raise LamoError(f"--timesteps {num_timesteps}: give at least 1")
+    if lora is not None and not Path(lora).is_dir():
+        raise LamoError(f"--lora {lora}: no such run folder; give a `lamo finetune --out` folder")
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise LamoError(f"--out {out_dir}: exists and is not a folder; choose a folder path")
+    model = _load_backbone(backbone)
+    applied = None
+    if lora is not None:
+        from lamo_cli.stages.finetune import load_run_into
+
+        applied = load_run_into(model, lora)
+    fmt = model.video_format
+    if fmt.width < fmt.height:
+        raise LamoError(f"--backbone {model.name}: format {fmt.width}x{fmt.height} is narrower than tall; VoE renders the square world at its height")
+    try:
+        pairs = world.voe_pairs(n, seed=seed, split="test", families=families, num_frames=fmt.num_frames, size=fmt.height)
+    except ValueError as exc:
+        raise LamoError(f"--voe: cannot make the world pairs ({exc})") from None
+    timesteps = default_timesteps(num_timesteps)
+
+    def run(step=None) -> dict:
+        try:
+            return voe_accuracy(model, pairs, timesteps, seed=seed, progress=step)
+        except ValueError as exc:
+            raise LamoError(f"--voe with --backbone {model.name}: {exc}") from None
+
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("voe"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task("pairs", total=len(pairs))
+            result = run(lambda k: bar.advance(task, k))
+    else:
+        result = run()
+    record = {
+        "backbone": model.describe(),
+        "lora": applied,
+        "n": len(pairs),
+        "split": "test",
+        "definition": "accuracy = share of (possible, impossible twin) pairs, same caption, where the caption-conditioned "
+                      "denoising loss (mean over fixed timesteps, identical noise within a pair) is higher for the twin; "
+                      "mean_gap = mean of loss(impossible) - loss(possible); 95% intervals by bootstrap over pairs",
+        **result,
+    }
+    if out_dir is not None:
+        from lamo_cli.fileio import write_json
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record["voe_path"] = str(out_dir / "voe.json")
+        write_json(record["voe_path"], record)
+    return record
