@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import time
@@ -486,22 +485,6 @@ class PhaseTimer:
     def pop(self) -> dict[str, float]:
         out, self.totals = self.totals, {}
         return out
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    import lamo_cli
-
-    versions["lamo"] = getattr(lamo_cli, "__version__", "unknown")
-    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "numpy"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "not installed"
-    versions["torch_cuda"] = str(torch.version.cuda)
-    return versions
 
 
 def format_seconds(seconds: float) -> str:

@@ -202,7 +202,9 @@ def test_impossible_twin_keeps_start_and_changes_later(kind):
 def test_voe_pairs_rotate_kinds_and_families():
     pairs = W.voe_pairs(12, seed=0, num_frames=17, size=32)
     assert [p[0].family for p in pairs[:6]] == list(W.FAMILIES)
-    assert {kind for _, _, kind in pairs} == set(W.TWIN_KINDS[:2])
+    assert [kind for _, _, kind in pairs[:6]] == list(W.TWIN_KINDS)  # any 6 in a row cover every kind
+    assert [kind for _, _, kind in pairs[6:12]] == list(W.TWIN_KINDS[1:]) + [W.TWIN_KINDS[0]]  # shifted next round
+    assert len({(possible.family, kind) for possible, _, kind in pairs}) == 12
 
 
 def test_unknown_twin_kind_is_rejected():

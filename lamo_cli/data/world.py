@@ -1181,13 +1181,15 @@ def impossible_twin(clip: Clip, kind: str) -> Clip:
 
 def voe_pairs(n: int, seed: int = 0, split: str = "test", families: Sequence[str] | None = None,
               num_frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE) -> list[tuple[Clip, Clip, str]]:
-    """n (possible clip, impossible twin, kind) pairs, families and kinds in rotation (for --voe)."""
+    """n (possible clip, impossible twin, kind) pairs for --voe. Families and kinds both rotate with
+    the index (kinds shifted by one per round of families), so any len(TWIN_KINDS) consecutive pairs
+    hold every kind and len(families) * len(TWIN_KINDS) pairs hold every (family, kind) pair."""
     families = list(families or FAMILIES)
     pairs = []
     for index in range(n):
         family = families[index % len(families)]
         clip = simulate_clip(family, clip_rng(seed, split, index), split, num_frames, size)
-        kind = TWIN_KINDS[(index // len(families)) % len(TWIN_KINDS)]
+        kind = TWIN_KINDS[(index + index // len(families)) % len(TWIN_KINDS)]
         pairs.append((possible_counterpart(clip, kind), impossible_twin(clip, kind), kind))
     return pairs
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from lamo_cli.errors import LamoError
+from lamo_cli.versions import library_versions
 from lamo_cli.fileio import write_json
 from lamo_cli.motion.drift import lamo_objective, x0_from_v
 from lamo_cli.training import (
@@ -45,7 +46,6 @@ from lamo_cli.training import (
     ensure_finite,
     finish_checkpoint,
     latest_checkpoint,
-    library_versions,
     list_checkpoints,
     load_checkpoint,
     load_safetensors_checked,

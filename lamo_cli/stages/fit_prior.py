@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from lamo_cli.errors import LamoError
+from lamo_cli.versions import library_versions
 from lamo_cli.fileio import save_safetensors, write_json
 from lamo_cli.motion.drift import macro_drift
 from lamo_cli.motion.field import (
@@ -46,7 +47,6 @@ from lamo_cli.training import (
     check_resume_settings,
     ensure_finite,
     latest_checkpoint,
-    library_versions,
     list_checkpoints,
     load_checkpoint,
     load_safetensors_checked,

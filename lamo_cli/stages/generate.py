@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import re
 import time
 from dataclasses import dataclass, field as dataclass_field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from lamo_cli.errors import LamoError
+from lamo_cli.versions import library_versions
 
 DEFAULT_PRIOR_DIR = "lamo-prior"  # used when --prior is not given and this folder exists
 NO_PRIOR = "none"  # `--prior none`: never guide, even if ./lamo-prior exists
-LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
 
 
 @dataclass
@@ -189,18 +187,6 @@ def apply_lora(backbone, run: str | Path, scale: Optional[float]) -> dict:
 
 
 # ==================================================================== provenance
-def library_versions() -> dict[str, str]:
-    import lamo_cli
-
-    versions = {"python": platform.python_version(), "lamo": lamo_cli.__version__}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def _json_float(value: Optional[float]) -> Optional[float]:
     return None if value is None or not math.isfinite(value) else float(value)
 
