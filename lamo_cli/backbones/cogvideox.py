@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -341,10 +342,12 @@ def _from_hub(name: str, device: torch.device, dtype) -> CogVideoXBackbone:
     repo = HUB_IDS[name]
     loader = _folder_loader(repo)
     try:
-        loader("scheduler")  # cheap probe: fails fast when neither the cache nor the network has it
-    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # huggingface_hub deprecation chatter on the way to the error
+            loader("scheduler")  # cheap probe: fails fast when neither the cache nor the network has it
+    except Exception:  # noqa: BLE001 - hub errors come in many types
         raise LamoError(
-            f"--backbone {name}: weights of {repo} are not on disk and cannot be downloaded here ({type(exc).__name__}); "
+            f"--backbone {name}: weights of {repo} are not in the local Hugging Face cache and cannot be downloaded here; "
             "download them elsewhere and pass the local folder with --backbone PATH"
         ) from None
     return CogVideoXBackbone(name, loader, REAL_FORMAT, device, _resolve_dtype(dtype, device, tiny=False), source=repo)

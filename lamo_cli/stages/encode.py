@@ -410,6 +410,9 @@ class _RankEncoder:
     def jobs_with_captions(self, paths: list[Path], captions: CaptionIndex) -> list[_Job]:
         jobs = []
         for path in paths:
+            if path.stat().st_size == 0:  # say the real problem before asking for a caption
+                self.summary.skipped.append((str(path), "empty file (0 bytes): re-export or remove it"))
+                continue
             caption = captions.lookup(path)
             if caption is None and not self.settings.allow_empty_caption:
                 self.summary.skipped.append((str(path), (
