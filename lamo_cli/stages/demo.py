@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from lamo_cli.errors import LamoError
+
+_console = Console(stderr=True)
 
 ARMS = (  # (name, fine-tune run, guided)
     ("plain", "run-plain", False),
@@ -71,6 +75,8 @@ def demo(
     timings = summary.stage_seconds
 
     def timed(name: str, fn, *args, **kwargs):
+        if progress:
+            _console.rule(f"[bold]{name}[/]", align="left")
         t0 = time.time()
         result = fn(*args, **kwargs)
         timings[name] = timings.get(name, 0.0) + time.time() - t0
