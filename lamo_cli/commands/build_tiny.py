@@ -14,7 +14,7 @@ def command(
     out: Annotated[str, typer.Option(help="Work folder (world clips, VAE checkpoints, cache, runs); reruns continue here.")] = "tiny-build",
     clips: Annotated[int, typer.Option(help="Physics-world training clips.")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the world and the training runs.")] = 0,
-    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 1500,
+    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 4000,
     transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 4000,
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
     transformer_lr: Annotated[float, typer.Option(help="Transformer learning rate.")] = 3e-4,

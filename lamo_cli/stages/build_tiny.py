@@ -49,10 +49,10 @@ def _load_world_clips(world_dir: Path) -> np.ndarray:
 def train_vae(
     world_dir: str | os.PathLike,
     out: str | os.PathLike,
-    steps: int = 3000,
-    batch_size: int = 4,
+    steps: int = 4000,
+    batch_size: int = 2,
     window_frames: int = 9,  # 8k+1: the CogVideoX VAE decodes back the same count only then
-    crop: int = 32,
+    crop: int = 64,
     lr: float = 1e-3,
     warmup: int = 100,
     kl_weight: float = 1e-6,
@@ -61,9 +61,9 @@ def train_vae(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the tiny VAE (L1 + KL) on random `window_frames` x `crop`^2 windows (it is fully
-    convolutional, so small windows teach it the same thing at a fraction of the CPU time);
-    resumes from `out/checkpoints`."""
+    """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
+    resumes from `out/checkpoints`. Crops smaller than the frame are cheaper but were seen to drop
+    the floor band at the frame's edge, so the default is the whole 64x64 frame."""
     from tqdm.auto import tqdm
 
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
@@ -150,8 +150,8 @@ def build_tiny(
     out: str | os.PathLike = "tiny-build",
     clips: int = 600,
     seed: int = 0,
-    vae_steps: int = 3000,
-    vae_batch_size: int = 4,
+    vae_steps: int = 4000,
+    vae_batch_size: int = 2,
     vae_lr: float = 1e-3,
     transformer_steps: int = 6000,
     transformer_batch_size: int = 8,
