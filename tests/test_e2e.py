@@ -67,9 +67,9 @@ def test_demo_runs_every_arm_and_scores_them(tmp_path):
     assert arms == ["ground truth (renders)", "plain", "+drift", "+guidance", "both"]
     assert summary["table"][0]["PC"] == 100.0  # the renders pass the physics score
     for arm in ("plain", "with-drift", "with-guidance", "both"):
-        assert len(list((tmp_path / "demo" / "videos" / arm).glob("*.mp4"))) == 2
-    guided = json.loads(next((tmp_path / "demo" / "videos" / "both").glob("*.json")).read_text())
-    unguided = json.loads(next((tmp_path / "demo" / "videos" / "with-drift").glob("*.json")).read_text())
+        assert len(list((tmp_path / "demo" / "videos" / f"{arm}-s0").glob("*.mp4"))) == 2
+    guided = json.loads(next((tmp_path / "demo" / "videos" / "both-s0").glob("*.json")).read_text())
+    unguided = json.loads(next((tmp_path / "demo" / "videos" / "with-drift-s0").glob("*.json")).read_text())
     assert guided["prompt"] == unguided["prompt"] and guided["seed"] == unguided["seed"]
     assert (tmp_path / "demo" / "comparison.png").is_file()
 

@@ -2,8 +2,13 @@
 
 world (train + test) -> encode -> fit-prior -> finetune without / with the Motion Drift Loss ->
 generate each run without / with Motion Prior Guidance on the test captions -> heatmap -> eval.
-Every arm uses the same captions, seeds and steps. Settings come from the backbone's recipe
+Every arm uses the same captions, sampling seeds and steps. Settings come from the backbone's recipe
 (`recipes/<backbone>.toml`), so the demo runs exactly what the stage commands would.
+
+The ablation of PHYSICS_WORLD.md ("The experiment it enables"): `seeds` are TRAINING seeds; each
+one gets its own prior-sN, run-plain-sN, run-drift-sN and videos/<arm>-sN (world, cache, captions and
+sampling noise are shared). demo.json holds per-seed scores, mean, std and a bootstrap 95% CI over
+prompts (lamo_cli.eval.stats) per arm; `split` picks the evaluation prompts (world-test or world-ood).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 
@@ -25,13 +30,19 @@ ARMS = (  # (name, fine-tune run, guided)
     ("+guidance", "run-plain", True),
     ("both", "run-drift", True),
 )
+GROUND_TRUTH = "ground truth (renders)"
+METRICS = ("SA", "PC", "Joint", "dynamic")
+SPLITS = ("test", "ood")
 
 
 @dataclass
 class DemoSummary:
     out: Path
     backbone: str
-    table: list[dict[str, Any]] = field(default_factory=list)  # one row per arm (+ ground truth)
+    # one row per arm (+ ground truth): SA/PC/Joint/dynamic means, and "stats" (per-seed, std, ci)
+    table: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    split: str = "test"
     heatmap_dir: Path | None = None
     chart: Path | None = None
     seconds: float = 0.0
@@ -44,16 +55,37 @@ def _frames_for_world(num_frames: int) -> int:
     return 8 * k + 1
 
 
+def parse_seeds(text: str | Sequence[int]) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]; raises LamoError naming --seeds on anything else."""
+    if not isinstance(text, str):
+        seeds = [int(s) for s in text]
+    else:
+        try:
+            seeds = [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+        except ValueError:
+            raise LamoError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds:
+        raise LamoError("--seeds is empty: give at least one training seed, e.g. --seeds 0")
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise LamoError(f"--seeds {text!r}: seeds must be distinct non-negative integers")
+    return seeds
+
+
 def demo(
     out: str = "lamo-demo",
     backbone: str | None = None,
     train_clips: int = 48,
     test_prompts: int = 6,
-    seed: int = 0,
+    seeds: str | Sequence[int] = (0,),
+    split: str = "test",
+    world_seed: int = 0,
     progress: bool = True,
 ) -> DemoSummary:
+    """Run every arm for every training seed in `seeds`; world, captions and sampling noise are the
+    same for all arms and seeds. Evaluation prompts come from the `split` world (test or ood)."""
     from lamo_cli.backbones import default_backbone, load_backbone
-    from lamo_cli.fileio import write_json
+    from lamo_cli.eval.stats import RESAMPLES, arm_stats
+    from lamo_cli.fileio import write_json, write_text
     from lamo_cli.recipes import default_recipe_for, load_recipe
     from lamo_cli.stages.encode import encode
     from lamo_cli.stages.evaluate import evaluate
@@ -65,13 +97,16 @@ def demo(
 
     if train_clips < 2 or test_prompts < 1:
         raise LamoError("--train-clips must be >= 2 and --test-prompts >= 1")
+    if split not in SPLITS:
+        raise LamoError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    seeds = parse_seeds(seeds)
     started = time.time()
     backbone = backbone or default_backbone()
     model = load_backbone(backbone, device="cpu")
     fmt = model.video_format
     recipe = load_recipe(default_recipe_for(backbone) or "tiny-random")
     root = Path(out)
-    summary = DemoSummary(root, backbone)
+    summary = DemoSummary(root, backbone, seeds=seeds, split=split)
     timings = summary.stage_seconds
 
     def timed(name: str, fn, *args, **kwargs):
@@ -83,40 +118,82 @@ def demo(
         return result
 
     world_frames = _frames_for_world(fmt.num_frames)
-    timed("world", make_world, root / "world-train", train_clips, split="train", seed=seed, num_frames=world_frames, size=fmt.height, progress=progress)
-    timed("world", make_world, root / "world-test", test_prompts, split="test", seed=seed, num_frames=world_frames, size=fmt.height, progress=progress)
+    eval_world = root / f"world-{split}"
+    timed("world", make_world, root / "world-train", train_clips, split="train", seed=world_seed, num_frames=world_frames, size=fmt.height, progress=progress)
+    timed("world", make_world, eval_world, test_prompts, split=split, seed=world_seed, num_frames=world_frames, size=fmt.height, progress=progress)
     timed("encode", encode, [root / "world-train"], backbone=model, out=root / "cache", progress=progress)
-    timed("fit-prior", fit_prior, cache=root / "cache", out=root / "prior", seed=seed, progress=progress, **_fresh(recipe.get("fit_prior", {})))
-    finetune_settings = _fresh(recipe.get("finetune", {}))
-    finetune_settings.pop("drift_weight", None)
-    for run, weight in (("run-plain", 0.0), ("run-drift", 0.4)):
-        timed("finetune", finetune, cache=root / "cache", backbone=backbone, out=root / run, drift_weight=weight, seed=seed,
-              progress=progress, resume=(root / run / "checkpoints").is_dir() and not (root / run / "run.json").is_file(),
-              **finetune_settings)
 
-    prompts_file = root / "test-prompts.txt"
-    captions = [p.read_text().strip() for p in sorted((root / "world-test").glob("*.txt"))]
-    prompts_file.write_text("\n".join(captions) + "\n")
+    # one prompts file and one sampling seed for every arm and every training seed
+    world_stems = [p.stem for p in sorted(eval_world.glob("*.txt"))]
+    captions = [(eval_world / f"{stem}.txt").read_text().strip() for stem in world_stems]
+    prompts_file = root / f"{split}-prompts.txt"
+    write_text(prompts_file, "\n".join(captions) + "\n")
     generate_settings = _fresh(recipe.get("generate", {}))
     guidance_scale = generate_settings.pop("guidance_scale", 15.0)
-    for arm, run, guided in ARMS:
-        timed("generate", generate, prompts_file=str(prompts_file), backbone=backbone, lora=str(root / run),
-              prior=str(root / "prior") if guided else "none", guidance_scale=guidance_scale if guided else 0.0,
-              out=str(root / "videos" / _slug(arm)), progress=progress, **generate_settings)
+    generate_seed = int(recipe.get("generate", {}).get("seed", 42))
+    finetune_settings = _fresh(recipe.get("finetune", {}))
+    finetune_settings.pop("drift_weight", None)
 
-    first_video = sorted((root / "videos" / _slug("+drift")).glob("*.mp4"))[0]
-    summary.heatmap_dir = timed("heatmap", heatmap, str(first_video), prior=str(root / "prior"), out=str(root / "heatmap")).out_dir
+    passes: dict[str, list[dict[str, list[bool]]]] = {arm: [] for arm, _, _ in ARMS}  # arm -> per seed
+    for seed in seeds:
+        prior = root / f"prior-s{seed}"
+        timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **_fresh(recipe.get("fit_prior", {})))
+        for run, weight in (("run-plain", 0.0), ("run-drift", 0.4)):
+            run_dir = root / f"{run}-s{seed}"
+            timed("finetune", finetune, cache=root / "cache", backbone=backbone, out=run_dir, drift_weight=weight, seed=seed,
+                  progress=progress, resume=(run_dir / "checkpoints").is_dir() and not (run_dir / "run.json").is_file(),
+                  **finetune_settings)
+        for arm, run, guided in ARMS:
+            videos = _videos_dir(root, arm, seed)
+            timed("generate", generate, prompts_file=str(prompts_file), backbone=backbone, lora=str(root / f"{run}-s{seed}"),
+                  prior=str(prior) if guided else "none", guidance_scale=guidance_scale if guided else 0.0,
+                  seed=generate_seed, out=str(videos), progress=progress, **generate_settings)
+            report = timed("eval", evaluate, [videos], out=root / "eval" / videos.name, progress=progress)
+            passes[arm].append(_pass_row(report.videos, len(captions), _generated_index))
 
-    reference = timed("eval", evaluate, [root / "world-test"], out=root / "eval" / "ground-truth", reference=False, progress=progress)
-    summary.table.append(_row("ground truth (renders)", reference))
-    for arm, _, _ in ARMS:
-        report = timed("eval", evaluate, [root / "videos" / _slug(arm)], out=root / "eval" / _slug(arm), progress=progress)
-        summary.table.append(_row(arm, report))
-    summary.chart = _chart(summary.table, root / "comparison.png", backbone)
+    first_video = sorted(_videos_dir(root, "+drift", seeds[0]).glob("*.mp4"))[0]
+    summary.heatmap_dir = timed("heatmap", heatmap, str(first_video), prior=str(root / f"prior-s{seeds[0]}"), out=str(root / "heatmap")).out_dir
+
+    reference = timed("eval", evaluate, [eval_world], out=root / "eval" / "ground-truth", reference=False, progress=progress)
+    stem_index = {stem: i for i, stem in enumerate(world_stems)}
+    truth = [_pass_row(reference.videos, len(captions), lambda path: stem_index.get(Path(path).stem))]
+    for name, rows in [(GROUND_TRUTH, truth)] + [(arm, passes[arm]) for arm, _, _ in ARMS]:
+        stats = arm_stats({m: [row[m] for row in rows] for m in METRICS}, seed=0)
+        summary.table.append({"arm": name, "n": stats["prompts"], **{m: stats[m]["mean"] for m in METRICS}, "stats": stats})
+    summary.chart = _chart(summary.table, root / "comparison.png", backbone, seeds, split)
     summary.seconds = time.time() - started
-    write_json(root / "demo.json", {"backbone": backbone, "table": summary.table, "stage_seconds": timings, "seconds": summary.seconds,
-                                    "train_clips": train_clips, "test_prompts": test_prompts, "seed": seed, "recipe": recipe})
+    write_json(root / "demo.json", {
+        "backbone": backbone, "split": split, "seeds": seeds, "world_seed": world_seed, "generate_seed": generate_seed,
+        "table": summary.table, "prompts": captions,
+        "statistics": {"per_seed": "percent of prompts passing, one value per training seed (unscored videos count as fails)",
+                       "std": "sample standard deviation across seeds (0 with one seed)",
+                       "ci": f"percentile bootstrap 95% interval over prompts ({RESAMPLES} resamples, numpy seed 0), "
+                             "each prompt's pass indicator averaged over the seeds first"},
+        "stage_seconds": timings, "seconds": summary.seconds,
+        "train_clips": train_clips, "test_prompts": test_prompts, "recipe": recipe})
     return summary
+
+
+
+def _videos_dir(root: Path, arm: str, seed: int) -> Path:
+    return root / "videos" / f"{_slug(arm)}-s{seed}"
+
+
+def _generated_index(path: str) -> int | None:
+    """`lamo generate` names batch videos NNN-slug.mp4 after the prompt's line index."""
+    head = Path(path).name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _pass_row(videos: list[dict], prompts: int, index_of) -> dict[str, list[bool]]:
+    """Per-prompt pass indicators for every metric; a prompt with no scored video fails."""
+    row = {m: [False] * prompts for m in METRICS}
+    for video in videos:
+        index = index_of(video["path"])
+        if index is not None and 0 <= index < prompts:
+            for m in METRICS:
+                row[m][index] = bool(video.get(m))
+    return row
 
 
 def _fresh(table: dict[str, Any]) -> dict[str, Any]:
@@ -128,12 +205,8 @@ def _slug(arm: str) -> str:
     return arm.replace("+", "with-")
 
 
-def _row(name: str, report) -> dict[str, Any]:
-    overall = report.overall
-    return {"arm": name, "n": overall.get("n"), "SA": overall.get("SA"), "PC": overall.get("PC"), "Joint": overall.get("Joint"), "dynamic": overall.get("dynamic")}
-
-
-def _chart(table: list[dict[str, Any]], path: Path, backbone: str) -> Path:
+def _chart(table: list[dict[str, Any]], path: Path, backbone: str, seeds: list[int], split: str) -> Path:
+    """Grouped bars of the mean per arm; SA / PC / Joint / dynamic carry the bootstrap 95% CI as error bars."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -142,17 +215,19 @@ def _chart(table: list[dict[str, Any]], path: Path, backbone: str) -> Path:
 
     from lamo_cli.fileio import atomic_path
 
-    metrics = ("SA", "PC", "Joint", "dynamic")
     fig, ax = plt.subplots(figsize=(8, 3.6))
     width = 0.8 / len(table)
-    x = np.arange(len(metrics))
+    x = np.arange(len(METRICS))
     for i, row in enumerate(table):
-        values = [float(row.get(m) or 0.0) for m in metrics]
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=row["arm"])
-    ax.set_xticks(x, metrics)
-    ax.set_ylabel("% of videos")
-    ax.set_ylim(0, 105)
-    ax.set_title(f"lamo demo on {backbone}: physics score per arm")
+        means = np.array([row["stats"][m]["mean"] for m in METRICS])
+        ci = np.array([row["stats"][m]["ci"] for m in METRICS])
+        errors = np.clip(np.stack([means - ci[:, 0], ci[:, 1] - means]), 0.0, None)
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=errors, capsize=2, label=row["arm"])
+    ax.set_xticks(x, METRICS)
+    ax.set_ylabel("% of prompts")
+    ax.set_ylim(0, 110)
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
+    ax.set_title(f"lamo demo on {backbone} ({split} prompts, {seed_text}): bootstrap 95% CI", fontsize=9)
     ax.legend(fontsize=8, ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
