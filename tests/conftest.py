@@ -15,6 +15,8 @@ import pytest
 from lamo_cli.data.mp4 import write_mp4
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # also inherited by subprocesses started by tests
+# Tests that do not name a backbone get the fast random one, whether or not `tiny` is installed.
+os.environ.setdefault("LAMO_DEFAULT_BACKBONE", "tiny-random")
 
 COLOURS = [(230, 40, 40), (40, 200, 60), (50, 90, 240), (240, 210, 40), (200, 60, 220), (40, 210, 220)]
 COLOUR_NAMES = ["red", "green", "blue", "yellow", "magenta", "cyan"]

@@ -106,3 +106,17 @@ def test_real_model_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LamoError, match="cannot be downloaded"):
         load_backbone("cogvideox-2b", device="cpu")
+
+
+def test_default_backbone_env_and_fallback(monkeypatch, tmp_path):
+    from lamo_cli.backbones import cogvideox
+
+    monkeypatch.setenv("LAMO_DEFAULT_BACKBONE", "cogvideox-2b")
+    assert cogvideox.default_backbone() == "cogvideox-2b"
+    monkeypatch.delenv("LAMO_DEFAULT_BACKBONE")
+    monkeypatch.setattr(cogvideox, "TINY_WEIGHTS", tmp_path / "absent")
+    assert cogvideox.default_backbone() == "tiny-random"
+    (tmp_path / "present").mkdir()
+    (tmp_path / "present" / cogvideox.LAMO_META_FILE).write_text("{}")
+    monkeypatch.setattr(cogvideox, "TINY_WEIGHTS", tmp_path / "present")
+    assert cogvideox.default_backbone() == "tiny"

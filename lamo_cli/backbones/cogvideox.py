@@ -267,8 +267,15 @@ class CogVideoXBackbone:
 
 
 # ==================================================================== loading
+DEFAULT_BACKBONE_ENV = "LAMO_DEFAULT_BACKBONE"
+
+
 def default_backbone() -> str:
-    """`tiny` (trained on the physics world) when its weights are installed, else `tiny-random`."""
+    """$LAMO_DEFAULT_BACKBONE if set; else `tiny` (trained on the physics world) when its weights are
+    installed; else `tiny-random`."""
+    chosen = os.environ.get(DEFAULT_BACKBONE_ENV)
+    if chosen:
+        return chosen
     return "tiny" if (TINY_WEIGHTS / LAMO_META_FILE).is_file() else "tiny-random"
 
 
