@@ -493,3 +493,17 @@ def format_seconds(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.2f} s"
     return f"{seconds / 60:.1f} min"
+
+
+def step_progress(total: int, initial: int, enabled: bool, desc: str):
+    """A tqdm bar over optimizer steps (None when disabled, e.g. --no-progress or a non-main rank)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def settings_json(settings: dict[str, Any]) -> dict[str, Any]:
+    """A stage's keyword arguments as JSON-ready values (paths as strings, tuples as lists)."""
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}

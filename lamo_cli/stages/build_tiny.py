@@ -64,10 +64,18 @@ def train_vae(
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
     resumes from `out/checkpoints`. Crops smaller than the frame are cheaper but were seen to drop
     the floor band at the frame's edge, so the default is the whole 64x64 frame."""
-    from tqdm.auto import tqdm
-
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
-    from lamo_cli.training import LRSchedule, MetricsLog, latest_checkpoint, load_checkpoint, plot_loss_curve, read_metrics, save_checkpoint, seeded_generator
+    from lamo_cli.training import (
+        LRSchedule,
+        MetricsLog,
+        latest_checkpoint,
+        load_checkpoint,
+        plot_loss_curve,
+        read_metrics,
+        save_checkpoint,
+        seeded_generator,
+        step_progress,
+    )
 
     out = Path(out)
     vae = tiny_untrained_components()["vae"].train()
@@ -82,7 +90,7 @@ def train_vae(
         start = ckpt.step
     clips = torch.from_numpy(_load_world_clips(Path(world_dir)))
     log = MetricsLog(out / "metrics.jsonl", resume_step=start)
-    bar = tqdm(total=steps, initial=start, desc="vae", disable=not progress, dynamic_ncols=True)
+    bar = step_progress(steps, start, progress, "vae")
     l1 = float("nan")
     for step in range(start, steps):
         gen = seeded_generator(seed, "vae-batch", step)  # a pure function of the step: resume is exact
@@ -112,11 +120,13 @@ def train_vae(
         optimizer.step()
         l1 = float(l1_t.detach())
         log.write({"step": step + 1, "l1": l1, "weighted_l1": float(weighted.detach()), "kl": float(kl.detach()), "lr": schedule.lr_at(step)})
-        bar.set_postfix(l1=f"{l1:.4f}")
-        bar.update(1)
+        if bar is not None:
+            bar.set_postfix(l1=f"{l1:.4f}")
+            bar.update(1)
         if (step + 1) % save_every == 0 or step + 1 == steps:
             save_checkpoint(out, step + 1, weights=vae.state_dict(), optimizer=optimizer, state={"phase": "vae"})
-    bar.close()
+    if bar is not None:
+        bar.close()
     plot_loss_curve(read_metrics(out / "metrics.jsonl"), out / "loss.png", ["l1", "weighted_l1", "kl"], title="tiny VAE")
     log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:8])})
     return {"vae": vae.eval().requires_grad_(False), "l1": l1}

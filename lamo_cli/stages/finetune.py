@@ -43,6 +43,7 @@ from lamo_cli.training import (
     PhaseTimer,
     begin_checkpoint,
     check_resume_settings,
+    derive_seed,
     ensure_finite,
     finish_checkpoint,
     latest_checkpoint,
@@ -53,9 +54,10 @@ from lamo_cli.training import (
     plot_loss_curve,
     read_json_checked,
     read_metrics,
-    derive_seed,
     restore_rng_state,
     seeded_generator,
+    settings_json,
+    step_progress,
     write_checkpoint_files,
     write_rng_file,
 )
@@ -190,10 +192,6 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
-
-
 # ==================================================================== the stage
 def finetune(
     cache: str | os.PathLike = "lamo-cache",
@@ -226,7 +224,7 @@ def finetune(
     progress: bool = True,
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
-    settings = _jsonable(dict(locals()))
+    settings = settings_json(dict(locals()))
     _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
@@ -360,7 +358,7 @@ def finetune(
         write_json(out / RUN_JSON, run_info)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if last_good is not None else None, enabled=main)
     timer = PhaseTimer(device)
-    bar = _progress_bar(steps, start_step, progress and main)
+    bar = step_progress(steps, start_step, progress and main, "finetune")
     step_times: list[float] = []
     phase_totals: dict[str, float] = {}
     autocast = accelerator.autocast
@@ -523,14 +521,6 @@ def _save_full(unwrapped, out: Path, dtype: torch.dtype) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="finetune", unit="step", dynamic_ncols=True)
 
 
 # ==================================================================== applying a run (for generate)

@@ -56,6 +56,8 @@ from lamo_cli.training import (
     restore_rng_state,
     save_checkpoint,
     seeded_generator,
+    settings_json,
+    step_progress,
 )
 
 PRIOR_WEIGHTS = "motion_field.safetensors"
@@ -237,7 +239,7 @@ def fit_prior(
 
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if last_ckpt is not None else None)
     timer = PhaseTimer(dev)
-    bar = _progress_bar(steps, start_step, progress)
+    bar = step_progress(steps, start_step, progress, "fit-prior")
     alphas_dev = alphas.to(dev)
     step_times: list[float] = []
 
@@ -267,7 +269,7 @@ def fit_prior(
                 bar.set_postfix(loss=f"{loss_value:.4f}", cos=f"{terms['cos']:.3f}", lr=f"{current_lr:.2e}", s_step=f"{step_times[-1]:.3f}")
         if done % save_every == 0 or done == steps:
             last_ckpt = save_checkpoint(out, done, weights=dict(model.state_dict()), optimizer=optimizer,
-                                        state={"position": position, "settings": _jsonable(settings),
+                                        state={"position": position, "settings": settings_json(settings),
                                                "lr_schedule": {"kind": "cosine", "warmup": warmup, "total_steps": steps, "next_step": done}},
                                         generators={"noise": generator})
     if bar is not None:
@@ -300,7 +302,7 @@ def fit_prior(
         "last_step": records[-1] if records else None,
         "explained_fraction": explained,
         "drift_statistics": stats,
-        "settings": _jsonable(settings),
+        "settings": settings_json(settings),
         "library_versions": library_versions(),
     }
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -375,14 +377,6 @@ def _note(enabled: bool, message: str) -> None:
         print(message, flush=True)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="fit-prior", unit="step", dynamic_ncols=True)
-
-
 def _validate(steps: int, batch_size: int, lr: float, warmup: int, tau: int, save_every: int, probs: dict[str, float]) -> None:
     if steps < 1:
         raise LamoError(f"--steps {steps}: must be at least 1")
@@ -399,10 +393,6 @@ def _validate(steps: int, batch_size: int, lr: float, warmup: int, tau: int, sav
     for name, p in probs.items():
         if not 0.0 <= p <= 1.0:
             raise LamoError(f"{name} {p}: must be a probability in [0, 1]")
-
-
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
 
 
 # ==================================================================== loading (for guidance / heatmaps)
