@@ -198,7 +198,7 @@ def build_tiny(
         trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, progress=progress)
         vae = trained["vae"]
         summary.vae_l1 = trained["l1"]
-        factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
+        factor = summary.scaling_factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
         vae.register_to_config(scaling_factor=factor)
         parts = tiny_untrained_components()
         parts["vae"] = vae
