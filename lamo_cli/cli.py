@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# (command name, module in lamo_cli.commands). A module that is not written yet is skipped.
+# (command name, module in lamo_cli.commands): each module's `command` is one subcommand.
 _COMMANDS = [
     ("encode", "encode"),
     ("fit-prior", "fit_prior"),
@@ -26,16 +26,12 @@ _COMMANDS = [
     ("world", "world"),
     ("eval", "evaluate"),
     ("demo", "demo"),
+    ("sweep", "sweep"),
     ("build-tiny", "build_tiny"),
 ]
 
 for _name, _module in _COMMANDS:
-    try:
-        _mod = importlib.import_module(f"lamo_cli.commands.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"lamo_cli.commands.{_module}":
-            raise
-        continue
+    _mod = importlib.import_module(f"lamo_cli.commands.{_module}")
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
 

@@ -115,6 +115,30 @@ def test_demo_with_two_seeds_on_the_ood_split(tmp_path):
     assert first[0]["prompt"] == first[1]["prompt"] and first[0]["seed"] == first[1]["seed"]
     assert (out / "comparison.png").is_file()
 
+    # a rerun in the same folder reuses the finished priors and fine-tunes
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*-s*/*.json")}
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--seeds", "0,1", "--test-prompts", "2",
+                                     "--train-clips", "6", "--split", "ood", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert json.loads((out / "demo.json").read_text())["table"] == summary["table"]
+
+    # a guidance-scale sweep on it: scale 0 is the demo's plain arm, the recipe's scale its +guidance arm
+    recipe_scale = summary["recipe"]["generate"]["guidance_scale"]
+    swept = CliRunner().invoke(app, ["sweep", str(out), "--knob", "guidance-scale", "--values", f"0,{recipe_scale}", "--no-progress"])
+    assert swept.exit_code == 0, swept.output
+    sweep_record = json.loads((out / "sweep-guidance-scale" / "sweep.json").read_text())
+    arms = {row["arm"]: row for row in summary["table"]}
+    for row, arm in zip(sweep_record["rows"], ("plain", "+guidance")):
+        for metric in ("SA", "PC", "Joint", "dynamic"):
+            assert row["stats"][metric]["per_seed"] == arms[arm]["stats"][metric]["per_seed"], (arm, metric)
+        assert set(row["medians"]) == {"accel", "smooth"}
+    assert (out / "sweep-guidance-scale" / "sweep.png").is_file()
+    bad = CliRunner().invoke(app, ["sweep", str(out), "--knob", "field-tau", "--values", "1.5", "--no-progress"])
+    assert bad.exit_code == 2 and "--values" in bad.output and "Traceback" not in bad.output
+    missing = CliRunner().invoke(app, ["sweep", str(tmp_path / "nothing"), "--knob", "guidance-scale", "--values", "1", "--no-progress"])
+    assert missing.exit_code == 2 and "demo.json" in missing.output
+
 
 def test_demo_rejects_bad_seeds_and_split(tmp_path):
     runner = CliRunner()

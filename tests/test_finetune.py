@@ -203,6 +203,40 @@ def test_resume_gives_the_same_losses_and_weights(cache, tmp_path):
         _train(cache, interrupted, resume=True, **{**settings, "drift_weight": 0.1})
 
 
+def test_ema_and_cosine_schedule_resume_exactly_and_the_average_is_what_is_saved(cache, tmp_path):
+    """With --ema-decay the saved transformer is the moving average, which an independent float64
+    recomputation from the raw weights of every step reproduces; a resumed run saves the same bytes."""
+    from diffusers import CogVideoXTransformer3DModel
+    from safetensors.torch import load_file
+
+    decay = 0.6
+    settings = dict(full=True, steps=4, save_every=1, lr=2e-3, warmup=1, lr_schedule="cosine", ema_decay=decay, keep_checkpoints=10)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    summary = _train(cache, straight, **settings)
+    lrs = [r["lr"] for r in read_metrics(straight / "metrics.jsonl")]
+    assert lrs[1] == pytest.approx(2e-3) and lrs[3] < lrs[2] < lrs[1]  # warm-up 1, then cosine down
+    # the moving average by hand: diffusers' warm-up decay min(decay, 1 - (1 + k)^-3/4), k = step - 1
+    raw = [load_file(str(c / "weights.safetensors")) for c in list_checkpoints(straight)]
+    shadow = {k: v.double() for k, v in tiny_random_components()["transformer"].state_dict().items() if k in raw[0]}
+    for step, weights in enumerate(raw, start=1):
+        k = step - 1
+        d = 0.0 if k <= 0 else min(decay, 1 - (1 + k) ** -0.75)
+        shadow = {name: d * shadow[name] + (1 - d) * weights[name].double() for name in shadow}
+    saved = CogVideoXTransformer3DModel.from_pretrained(straight / "transformer").state_dict()
+    for name, expected in shadow.items():
+        assert torch.allclose(saved[name].double(), expected, atol=1e-6), name
+    assert any(not torch.equal(saved[n], raw[-1][n]) for n in shadow)  # not simply the last raw weights
+    _train(cache, interrupted, **settings)
+    for late in ("step-000003", "step-000004"):
+        shutil.rmtree(interrupted / "checkpoints" / late)
+    shutil.rmtree(interrupted / "transformer")
+    _train(cache, interrupted, resume=True, **settings)
+    resumed = CogVideoXTransformer3DModel.from_pretrained(interrupted / "transformer").state_dict()
+    assert all(torch.equal(resumed[k], saved[k]) for k in saved) and summary.steps == 4
+    with pytest.raises(LamoError, match="--ema-decay"):
+        _train(cache, tmp_path / "bad", ema_decay=1.0)
+
+
 # ---------------------------------------------------------------- failures through the CLI
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch):
     real = finetune_module.lamo_objective

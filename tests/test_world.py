@@ -240,3 +240,30 @@ def test_write_world_files(tmp_path):
 def test_bad_families_are_rejected():
     with pytest.raises(ValueError):
         W.parse_families("drop,flying")
+
+
+def test_word_tokenizer_covers_every_caption_of_every_split():
+    """The `tiny` tokenizer maps no word of any caption the world writes to <unk>, and it
+    round-trips through save_pretrained / AutoTokenizer (how a model folder loads it)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from lamo_cli.backbones.cogvideox import world_word_tokenizer
+    from lamo_cli.data.world import FAMILIES, SPLITS, make_caption, sample_params
+
+    tokenizer = world_word_tokenizer()
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        reloaded = AutoTokenizer.from_pretrained(folder)
+    rng = np.random.default_rng(0)
+    captions = [make_caption(sample_params(family, rng, split)["attributes"], rng, mention)[0]
+                for split in SPLITS for family in FAMILIES for mention in ("all", "none", None) for _ in range(30)]
+    unk = tokenizer.unk_token_id
+    for caption in captions:
+        ids = reloaded(caption).input_ids
+        assert unk not in ids, caption
+        assert ids == tokenizer(caption).input_ids
+        assert len(ids) <= 32  # TINY_TEXT_LEN: no caption is truncated
+    assert tokenizer("a Red ball").input_ids == tokenizer("a red ball").input_ids
+    assert tokenizer("an apple").input_ids[:2] == [unk, unk]  # words outside the world are unknown, not an error

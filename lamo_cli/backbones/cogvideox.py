@@ -426,11 +426,14 @@ TINY_RANDOM_SEED = 20260524
 
 
 def _small_components(fmt: VideoFormat, seed: int, *, vae_blocks: tuple[int, ...], latent_channels: int, text_dim: int,
-                      heads: int, head_dim: int, layers: int, time_dim: int, text_length: int, rope: bool) -> dict[str, Any]:
-    """Small, seeded instances of the real CogVideoX classes (identical weights in every process)."""
+                      heads: int, head_dim: int, layers: int, time_dim: int, text_length: int, rope: bool,
+                      word_level: bool = False) -> dict[str, Any]:
+    """Small, seeded instances of the real CogVideoX classes (identical weights in every process).
+    `word_level` swaps the byte tokenizer for one token per caption word (`world_word_tokenizer`)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
+    tokenizer = world_word_tokenizer() if word_level else ByT5Tokenizer()  # neither needs a download
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKLCogVideoX(
@@ -445,7 +448,7 @@ def _small_components(fmt: VideoFormat, seed: int, *, vae_blocks: tuple[int, ...
             sample_width=fmt.width,
         )
         text_encoder = T5EncoderModel(
-            T5Config(vocab_size=384, d_model=text_dim, d_ff=2 * text_dim, d_kv=text_dim // 2, num_layers=2, num_heads=2, decoder_start_token_id=0)
+            T5Config(vocab_size=len(tokenizer) if word_level else 384, d_model=text_dim, d_ff=2 * text_dim, d_kv=text_dim // 2, num_layers=2, num_heads=2, decoder_start_token_id=0)
         )
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=heads,
@@ -466,7 +469,7 @@ def _small_components(fmt: VideoFormat, seed: int, *, vae_blocks: tuple[int, ...
     return {
         "vae": vae,
         "text_encoder": text_encoder,
-        "tokenizer": ByT5Tokenizer(),  # one token per byte: needs no download
+        "tokenizer": tokenizer,
         "transformer": transformer,
         "scheduler": CogVideoXDDIMScheduler(**SCHEDULER_2B),
     }
@@ -478,11 +481,33 @@ def tiny_random_components(rope: bool = False) -> dict[str, Any]:
                              heads=2, head_dim=32, layers=2, time_dim=64, text_length=TINY_RANDOM_TEXT_LEN, rope=rope)
 
 
-def tiny_untrained_components(text_length: int = 96) -> dict[str, Any]:
+TINY_TEXT_LEN = 32  # word tokens: the longest world caption is 22 words and a comma
+
+
+def tiny_untrained_components(text_length: int = TINY_TEXT_LEN) -> dict[str, Any]:
     """The `tiny` architecture before training: a 3-block VAE (4x spatial, 4x temporal, 8 latent
-    channels), a small frozen random T5 over bytes, and a 4-layer transformer (2B-style sincos)."""
+    channels), a small frozen random T5 over caption words, and a 4-layer transformer (2B-style sincos)."""
     return _small_components(TINY_FORMAT, TINY_RANDOM_SEED + 1, vae_blocks=(32, 32, 64), latent_channels=8, text_dim=64,
-                             heads=4, head_dim=48, layers=4, time_dim=128, text_length=text_length, rope=False)
+                             heads=4, head_dim=48, layers=4, time_dim=128, text_length=text_length, rope=False, word_level=True)
+
+
+def world_word_tokenizer():
+    """A T5-style tokenizer with one token per word of the physics world's captions (lower-cased,
+    punctuation split off; other words map to <unk>). A frozen random T5 over bytes spreads "red"
+    over three tokens mixed with their neighbours; one token per word lets a model trained from
+    scratch on a CPU tie colour, direction and speed words to what it draws."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from lamo_cli.data.world import caption_vocabulary
+
+    specials = ["<pad>", "</s>", "<unk>"]  # T5's order: pad 0, eos 1, unk 2
+    vocab = {word: i for i, word in enumerate(specials + caption_vocabulary())}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def _tiny_random_loader() -> Callable[[str], Any]:

@@ -15,9 +15,10 @@ def command(
     clips: Annotated[int, typer.Option(help="Physics-world training clips.")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the world and the training runs.")] = 0,
     vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 4000,
-    transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 4000,
+    transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 8000,
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
-    transformer_lr: Annotated[float, typer.Option(help="Transformer learning rate.")] = 3e-4,
+    transformer_lr: Annotated[float, typer.Option(help="Transformer peak learning rate (cosine decay after warm-up).")] = 5e-4,
+    transformer_ema_decay: Annotated[float, typer.Option(help="Decay of the weight moving average that is saved (0 = off).")] = 0.999,
     install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
@@ -26,7 +27,8 @@ def command(
     from lamo_cli.stages.build_tiny import build_tiny
 
     summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, transformer_steps=transformer_steps,
-                         transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr, install=install, progress=progress)
+                         transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
+                         transformer_ema_decay=transformer_ema_decay, install=install, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

@@ -25,8 +25,10 @@ def command(
     full: Annotated[bool, typer.Option("--full", help="Train all transformer weights instead of a LoRA.")] = False,
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/rank).")] = 64.0,
     lora_targets: Annotated[str, typer.Option(help="Comma-separated module names that get LoRA.")] = "to_q,to_k,to_v,to_out.0",
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (constant after warm-up).")] = 5e-5,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (peak, after warm-up).")] = 5e-5,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
+    lr_schedule: Annotated[str, typer.Option(help="After warm-up: constant, or cosine (down to 0 at the last step).")] = "constant",
+    ema_decay: Annotated[float, typer.Option(help="Keep a moving average of the trained weights with this decay and save it (e.g. 0.999 when training from scratch); 0 = off.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Clips per process per micro-step.")] = 1,
     grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimizer step.")] = 1,
     tau: Annotated[int, typer.Option(help="Frame lag of the macro drift (paper: 2).")] = 2,
@@ -58,6 +60,7 @@ def command(
         lora_alpha=lora_alpha, lora_targets=lora_targets, lr=lr, warmup=warmup, batch_size=batch_size,
         grad_accum=grad_accum, tau=tau, weight_kind=weight_kind, gradient_checkpointing=gradient_checkpointing,
         mixed_precision=mixed_precision, save_every=save_every, resume=resume, seed=seed, caption_dropout=caption_dropout,
+        lr_schedule=lr_schedule, ema_decay=ema_decay,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
     summary = finetune(**options, progress=progress)

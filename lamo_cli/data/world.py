@@ -712,6 +712,21 @@ STEEP_PHRASE = {"steep": "steep ", "gentle": "gentle ", None: ""}
 OPTIONAL = {"sizes": 0.5, "speed": 0.7, "bounciness": 0.7, "steepness": 0.7}  # chance each is stated
 
 
+# Every word the caption templates above can produce; the `tiny` backbone's word-level tokenizer is
+# built from it (a test generates captions of every split and checks none falls outside it).
+TEMPLATE_WORDS = ("a the ball drops from and bounces high barely is thrown slowly fast seen above glides quickly "
+                  "across ice slide slides into at rest they collide elastically softly toward each other down ramp "
+                  "steep gentle rolls passes behind grey bar small large")
+
+
+def caption_vocabulary() -> list[str]:
+    """Sorted lower-case words (and the comma) of every caption the world writes."""
+    words = set(TEMPLATE_WORDS.split()) | {","} | set(COLOUR_NAMES)
+    for phrase in [*REGIONS.values(), *(p for _, p in DIRECTIONS.values())]:
+        words |= set(phrase.split())
+    return sorted(words)
+
+
 def make_caption(attrs: dict, rng: np.random.Generator, mention: dict | None = None) -> tuple[str, dict]:
     """Caption from the family's template; optional attributes are stated with OPTIONAL chances
     (or as `mention` forces: {"sizes": True, "speed": False, ...}, or mention="all"/"none").

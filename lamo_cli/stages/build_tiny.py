@@ -163,10 +163,11 @@ def build_tiny(
     vae_steps: int = 4000,
     vae_batch_size: int = 2,
     vae_lr: float = 1e-3,
-    transformer_steps: int = 6000,
+    transformer_steps: int = 8000,
     transformer_batch_size: int = 8,
-    transformer_lr: float = 3e-4,
+    transformer_lr: float = 5e-4,
     transformer_warmup: int = 200,
+    transformer_ema_decay: float = 0.999,
     caption_dropout: float = 0.1,
     save_every: int = 200,
     install: bool = False,
@@ -223,6 +224,8 @@ def build_tiny(
         full=True,
         lr=transformer_lr,
         warmup=transformer_warmup,
+        lr_schedule="cosine",  # from scratch: decay to 0, and save the moving average
+        ema_decay=transformer_ema_decay,
         batch_size=transformer_batch_size,
         caption_dropout=caption_dropout,
         gradient_checkpointing=False,
@@ -239,7 +242,8 @@ def build_tiny(
     shutil.copytree(trained_transformer, model_dir / "transformer")
     summary.phases["transformer"] = "done"
     write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "transformer_steps": transformer_steps,
-                                    "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr})
+                                    "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr,
+                                    "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay})
 
     # 6. install into the package
     if install:

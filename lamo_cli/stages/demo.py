@@ -13,6 +13,7 @@ prompts (lamo_cli.eval.stats) per arm; `split` picks the evaluation prompts (wor
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,17 +133,18 @@ def demo(
     guidance_scale = generate_settings.pop("guidance_scale", 15.0)
     generate_seed = int(recipe.get("generate", {}).get("seed", 42))
     finetune_settings = _fresh(recipe.get("finetune", {}))
-    finetune_settings.pop("drift_weight", None)
+    drift_weight = float(finetune_settings.pop("drift_weight", 0.4))
 
     passes: dict[str, list[dict[str, list[bool]]]] = {arm: [] for arm, _, _ in ARMS}  # arm -> per seed
     for seed in seeds:
         prior = root / f"prior-s{seed}"
-        timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **_fresh(recipe.get("fit_prior", {})))
-        for run, weight in (("run-plain", 0.0), ("run-drift", 0.4)):
+        if not finished_prior(prior):  # a rerun in the same folder reuses what is finished
+            timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **_fresh(recipe.get("fit_prior", {})))
+        for run, weight in (("run-plain", 0.0), ("run-drift", drift_weight)):
             run_dir = root / f"{run}-s{seed}"
-            timed("finetune", finetune, cache=root / "cache", backbone=backbone, out=run_dir, drift_weight=weight, seed=seed,
-                  progress=progress, resume=(run_dir / "checkpoints").is_dir() and not (run_dir / "run.json").is_file(),
-                  **finetune_settings)
+            if not finished_run(run_dir):
+                timed("finetune", finetune, cache=root / "cache", backbone=backbone, out=run_dir, drift_weight=weight, seed=seed,
+                      progress=progress, resume=(run_dir / "checkpoints").is_dir(), **finetune_settings)
         for arm, run, guided in ARMS:
             videos = _videos_dir(root, arm, seed)
             timed("generate", generate, prompts_file=str(prompts_file), backbone=backbone, lora=str(root / f"{run}-s{seed}"),
@@ -173,6 +175,20 @@ def demo(
         "train_clips": train_clips, "test_prompts": test_prompts, "recipe": recipe})
     return summary
 
+
+
+def finished_run(run_dir: Path) -> bool:
+    """A fine-tune run folder whose run.json says it finished."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") == "finished"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def finished_prior(prior_dir: Path) -> bool:
+    from lamo_cli.stages.fit_prior import PRIOR_CONFIG, PRIOR_WEIGHTS
+
+    return (prior_dir / PRIOR_WEIGHTS).is_file() and (prior_dir / PRIOR_CONFIG).is_file()
 
 
 def _videos_dir(root: Path, arm: str, seed: int) -> Path:

@@ -34,7 +34,7 @@ import torch
 
 from lamo_cli.errors import LamoError
 from lamo_cli.versions import library_versions
-from lamo_cli.fileio import write_json
+from lamo_cli.fileio import save_safetensors, write_json
 from lamo_cli.motion.drift import lamo_objective, x0_from_v
 from lamo_cli.training import (
     EpochStream,
@@ -75,8 +75,9 @@ DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
 RESUME_KEYS = (
     "drift_weight", "lora_rank", "lora_alpha", "lora_targets", "full", "lr", "warmup", "tau", "weight_kind",
     "seed", "caption_dropout", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "effective_batch_size",
-    "latent_fingerprint",
+    "latent_fingerprint", "lr_schedule", "ema_decay",
 )
+EMA_FILE = "ema.safetensors"  # in a checkpoint folder: the moving average of the trainable weights
 
 
 @dataclass
@@ -153,7 +154,8 @@ def _make_accelerator(mixed_precision: str):
 
 
 def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
-              drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float) -> None:
+              drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float,
+              lr_schedule: str = "constant", ema_decay: float = 0.0) -> None:
     checks = [
         (steps >= 1, f"--steps {steps}: must be at least 1"),
         (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
@@ -167,6 +169,8 @@ def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: i
         (lora_rank >= 1, f"--lora-rank {lora_rank}: must be at least 1"),
         (lora_alpha > 0, f"--lora-alpha {lora_alpha}: must be positive"),
         (0.0 <= caption_dropout <= 1.0, f"--caption-dropout {caption_dropout}: must be a probability in [0, 1]"),
+        (lr_schedule in ("constant", "cosine"), f"--lr-schedule {lr_schedule!r}: use 'constant' or 'cosine'"),
+        (0.0 <= ema_decay < 1.0, f"--ema-decay {ema_decay}: must be in [0, 1) (0 = no moving average)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -221,11 +225,14 @@ def finetune(
     adam_beta2: float = 0.99,
     grad_clip: float = 1.0,
     log_every: int = 1,
+    lr_schedule: str = "constant",
+    ema_decay: float = 0.0,
     progress: bool = True,
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
     settings = settings_json(dict(locals()))
-    _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout)
+    _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout,
+              lr_schedule, ema_decay)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
@@ -313,7 +320,14 @@ def finetune(
         transformer.enable_gradient_checkpointing()
     input_dtype = torch.float32 if full else bb.dtype
     optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay)
-    schedule = LRSchedule(base_lr=lr, warmup=warmup, kind="constant")
+    schedule = LRSchedule(base_lr=lr, warmup=warmup, kind=lr_schedule, total_steps=steps)
+    # A moving average of the weights (diffusers' EMAModel, as its training scripts use): what is saved
+    # at the end. Worth it when training from scratch; a short LoRA fine-tune does not need it.
+    ema = None
+    if ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(trainable, decay=ema_decay, use_ema_warmup=True, power=3 / 4)
     noise_gen = seeded_generator(seed, "finetune", "noise", rank)
     stream = EpochStream(len(dataset), seed)
     start_step, position, last_good = 0, 0, None
@@ -323,6 +337,8 @@ def finetune(
             raise LamoError(f"--resume: {checkpoint_dir} holds other trainable weights than this model; resume with the same --lora-* / --full settings")
         transformer.load_state_dict({k: v.to(device) for k, v in ckpt.weights.items()}, strict=False)
         ckpt.load_optimizer(optimizer)
+        if ema is not None:
+            _load_ema(ema, checkpoint_dir, [n for n, p in transformer.named_parameters() if p.requires_grad], ckpt.step)
         rng = ckpt.rng(rank)
         if rng is not None:
             restore_rng_state(rng, {"noise": noise_gen})
@@ -404,6 +420,8 @@ def finetune(
             current_lr = schedule.apply(optimizer, step)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(trainable)
         position += batch_size * world_size * grad_accum
         done = step + 1
         step_times.append(time.perf_counter() - t_step)
@@ -425,8 +443,8 @@ def finetune(
                 bar.set_postfix(postfix)
         if done % save_every == 0 or done == steps:
             last_good = _save_training_checkpoint(accelerator, out, done, unwrapped, optimizer, noise_gen,
-                                                  {"position": position, "lr_schedule": {"kind": "constant", "warmup": warmup, "next_step": done},
-                                                   "settings": settings}, keep_checkpoints)
+                                                  {"position": position, "lr_schedule": {"kind": lr_schedule, "warmup": warmup, "next_step": done},
+                                                   "settings": settings}, keep_checkpoints, ema)
     if bar is not None:
         bar.close()
 
@@ -436,6 +454,8 @@ def finetune(
         records = read_metrics(out / "metrics.jsonl")
         losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
         tail = losses[-max(1, len(losses) // 10):] if losses else [math.nan]
+        if ema is not None:
+            ema.copy_to(trainable)  # the averaged weights are the result
         if full:
             outputs["transformer"] = str(_save_full(unwrapped, out, bb.dtype))
         else:
@@ -470,7 +490,7 @@ def _check_shapes(transformer, info, empty_text: torch.Tensor, uses_rope: bool, 
         raise LamoError(f"cache text embeddings have {empty_text.shape[0]} tokens but --backbone {spec} needs {cfg.max_text_seq_length}; re-encode the cache with this backbone")
 
 
-def _save_training_checkpoint(accelerator, out: Path, step: int, unwrapped, optimizer, noise_gen, state: dict, keep: int) -> Path:
+def _save_training_checkpoint(accelerator, out: Path, step: int, unwrapped, optimizer, noise_gen, state: dict, keep: int, ema=None) -> Path:
     """Every rank writes its RNG file into the temp folder, rank 0 the rest; rank 0 renames it into place."""
     tmp = pending_checkpoint_dir(out, step)
     if accelerator.is_main_process:
@@ -478,13 +498,25 @@ def _save_training_checkpoint(accelerator, out: Path, step: int, unwrapped, opti
     accelerator.wait_for_everyone()
     write_rng_file(tmp, accelerator.process_index, {"noise": noise_gen})
     if accelerator.is_main_process:
-        write_checkpoint_files(tmp, weights=_trainable_state(unwrapped), optimizer=optimizer, state={**state, "step": step})
+        weights = _trainable_state(unwrapped)
+        write_checkpoint_files(tmp, weights=weights, optimizer=optimizer, state={**state, "step": step})
+        if ema is not None:
+            save_safetensors(tmp / EMA_FILE, {name: p.detach().float().cpu().contiguous() for name, p in zip(weights, ema.shadow_params)})
     accelerator.wait_for_everyone()
     final = tmp.parent / tmp.name[1:].removesuffix(".tmp")
     if accelerator.is_main_process:
         final = finish_checkpoint(tmp, step, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _load_ema(ema, checkpoint_dir: Path, names: list[str], step: int) -> None:
+    shadow = load_safetensors_checked(checkpoint_dir / EMA_FILE)
+    if set(shadow) != set(names):
+        raise LamoError(f"--resume: {checkpoint_dir / EMA_FILE} holds other weights than this model; resume with the same settings")
+    for target, name in zip(ema.shadow_params, names):
+        target.copy_(shadow[name].to(target.device, target.dtype))
+    ema.optimization_step = step
 
 
 def _save_lora(unwrapped, out: Path, lora_config, rank: int, alpha: float, targets: list[str]) -> dict[str, str]:
