@@ -85,7 +85,12 @@ def test_rerun_skips_done_clips_and_adds_new_ones(tmp_path, make_clips, tiny):
     shards = list_shards(out, "latents")
     again = encode([tmp_path / "videos"], backbone=tiny, out=out, progress=False)
     assert (first.written, again.written, again.already_done) == (2, 0, 2)
-    assert list_shards(out, "latents") == shards and not again.nothing_done
+    assert list_shards(out, "latents") == shards and not again.nothing_done and again.stale_captions == []
+    # a caption edited after encoding is reported (the cache keeps the old one), not silently used
+    caption_file = sorted((tmp_path / "videos").glob("*.txt"))[0]
+    caption_file.write_text(caption_file.read_text() + " edited")
+    edited = encode([tmp_path / "videos"], backbone=tiny, out=out, progress=False)
+    assert edited.already_done == 2 and edited.stale_captions == [str(caption_file.with_suffix(".mp4"))]
     [longer] = make_clips(tmp_path, 1, frames=20, size=64, start=2)
     third = encode([tmp_path / "videos"], backbone=tiny, out=out, progress=False)
     assert (third.written, third.already_done) == (1, 2)

@@ -14,7 +14,7 @@ def command(
     out: Annotated[str, typer.Option(help="Work folder (world clips, VAE checkpoints, cache, runs); reruns continue here.")] = "tiny-build",
     clips: Annotated[int, typer.Option(help="Physics-world training clips.")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the world and the training runs.")] = 0,
-    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 4000,
+    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 5000,
     transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 8000,
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
     transformer_lr: Annotated[float, typer.Option(help="Transformer peak learning rate (cosine decay after warm-up).")] = 5e-4,

@@ -79,3 +79,10 @@ def print_summary(summary) -> None:
     )
     for path, reason in summary.skipped:
         console.print(f"  skipped {path}: {reason}", soft_wrap=True)
+    if summary.stale_captions:
+        console.print(
+            f"[yellow]warning:[/] {len(summary.stale_captions)} cached clips have a caption other than the one they were "
+            f"encoded with (first: {sorted(summary.stale_captions)[0]}); the cache keeps the old captions: encode into "
+            f"a new --out to train on the new ones",
+            soft_wrap=True,
+        )

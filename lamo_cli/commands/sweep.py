@@ -16,6 +16,7 @@ def command(
     knob: Annotated[str, typer.Option(help="What to vary: drift-weight, guidance-scale, guidance-window or field-tau.")],
     values: Annotated[str, typer.Option(help="Comma-separated values, e.g. 0,5,15,50.")],
     out: Annotated[Optional[str], typer.Option(help="Folder for the sweep (default: DEMO_DIR/sweep-KNOB).", show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="A subset of the demo's training seeds, comma-separated (default: all of them).", show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Vary one LaMo knob on top of a demo, everything else held fixed, and score every value:
@@ -23,7 +24,7 @@ def command(
     the median acceleration and trajectory errors. Writes sweep.json and sweep.png."""
     from lamo_cli.stages.sweep import ERROR_METRICS, PASS_METRICS, sweep
 
-    summary = sweep(demo_dir, knob, values, out=out, progress=progress)
+    summary = sweep(demo_dir, knob, values, out=out, seeds=seeds, progress=progress)
     table = Table(title=f"lamo sweep {summary.knob} (physics score, %: mean ± std [95% CI]; median errors)")
     for column in (summary.knob, "n", *PASS_METRICS[:3], "dynamic", *(f"{m} err" for m in ERROR_METRICS)):
         table.add_column(column, justify="right")

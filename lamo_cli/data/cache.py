@@ -287,6 +287,15 @@ def existing_ids(root: str | os.PathLike) -> set[str]:
     return {i for path in list_shards(Path(root), LATENTS_DIR) for i in _read_column(path, "id")}
 
 
+def cached_caption_hashes(root: str | os.PathLike) -> dict[str, str]:
+    """Clip id -> prompt hash of the caption the clip was encoded with (first shard wins, as on read)."""
+    hashes: dict[str, str] = {}
+    for path in list_shards(Path(root), LATENTS_DIR):
+        for clip, caption_hash in zip(_read_column(path, "id"), _read_column(path, "prompt_hash")):
+            hashes.setdefault(clip, caption_hash)
+    return hashes
+
+
 def existing_prompt_hashes(root: str | os.PathLike) -> set[str]:
     return {h for path in list_shards(Path(root), TEXT_DIR) for h in _read_column(path, "prompt_hash")}
 

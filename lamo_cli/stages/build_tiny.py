@@ -160,7 +160,7 @@ def build_tiny(
     out: str | os.PathLike = "tiny-build",
     clips: int = 600,
     seed: int = 0,
-    vae_steps: int = 4000,
+    vae_steps: int = 5000,
     vae_batch_size: int = 2,
     vae_lr: float = 1e-3,
     transformer_steps: int = 8000,

@@ -37,6 +37,7 @@ from lamo_cli.data.cache import (
     check_cache_folder,
     clip_id,
     existing_ids,
+    cached_caption_hashes,
     existing_prompt_hashes,
     prompt_hash,
     remove_stale_temp_files,
@@ -56,6 +57,7 @@ class EncodeSummary:
     written: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     already_done: int = 0
+    stale_captions: list[str] = field(default_factory=list)  # cached clips whose caption has changed since
     bytes_written: int = 0
     shards_written: int = 0
     seconds: float = 0.0  # wall time of the whole call
@@ -162,12 +164,14 @@ class _Decoded:
 
 class _Decoder(threading.Thread):
     """Opens, samples, decodes and resizes clips ahead of the VAE; reports each job on `out`:
-    ("clip", _Decoded) | ("skip", path, reason) | ("done", path) | ("error", exc) | None at the end."""
+    ("clip", _Decoded) | ("skip", path, reason) | ("done", path) | ("stale", path) | ("error", exc) | None
+    at the end; "stale" is a cached clip whose caption differs from the one it was encoded with."""
 
-    def __init__(self, jobs, fmt, target_fps, start_frame, fingerprint, done_ids, out: queue.Queue, stop: threading.Event):
+    def __init__(self, jobs, fmt, target_fps, start_frame, fingerprint, done_ids, cached_captions: dict[str, str],
+                 out: queue.Queue, stop: threading.Event):
         super().__init__(name="lamo-encode-decoder", daemon=True)
         self.jobs, self.fmt, self.target_fps, self.start_frame = jobs, fmt, target_fps, start_frame
-        self.fingerprint, self.done_ids, self.out, self.stop = fingerprint, done_ids, out, stop
+        self.fingerprint, self.done_ids, self.cached_captions, self.out, self.stop = fingerprint, done_ids, cached_captions, out, stop
         self.busy_seconds = 0.0
 
     def _put(self, item) -> bool:
@@ -184,7 +188,8 @@ class _Decoder(threading.Thread):
         indices = plan_clip(probe, self.fmt.num_frames, self.target_fps, self.start_frame)
         identity = clip_id(job.path, indices, self.fingerprint)
         if identity in self.done_ids:
-            return ("done", job.path)
+            cached = self.cached_captions.get(identity)
+            return ("stale" if cached is not None and cached != prompt_hash(job.caption) else "done", job.path)
         clip = decode_clip(probe, indices, self.fmt.height, self.fmt.width, self.target_fps)
         return ("clip", _Decoded(job, clip, identity))
 
@@ -375,6 +380,7 @@ def _combine(per_rank: list[dict], out: Path, ranks: _Ranks) -> EncodeSummary:
     for part in per_rank:
         total.written += part["written"]
         total.already_done += part["already_done"]
+        total.stale_captions.extend(part["stale_captions"])
         total.bytes_written += part["bytes_written"]
         total.shards_written += part["shards_written"]
         total.skipped.extend(tuple(item) for item in part["skipped"])
@@ -426,6 +432,7 @@ class _RankEncoder:
     def read_cache_state(self) -> None:
         exists = self.out.is_dir()
         self.done_ids = existing_ids(self.out) if exists else set()
+        self.cached_captions = cached_caption_hashes(self.out) if exists else {}
         self.known_prompts = existing_prompt_hashes(self.out) if exists else set()
         self.manifest_written = (self.out / "manifest.json").is_file()
         self.clips_at_start = len(self.done_ids)
@@ -484,7 +491,7 @@ class _RankEncoder:
         decoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * settings.batch_size))
         stop = threading.Event()
         decoder = _Decoder(jobs, self.model.video_format, settings.fps, settings.start_frame,
-                           self.identity.latent_fingerprint, frozenset(self.done_ids), decoded, stop)
+                           self.identity.latent_fingerprint, frozenset(self.done_ids), self.cached_captions, decoded, stop)
         label = f"encode (rank {self.ranks.rank} of {self.ranks.world_size})" if self.ranks.world_size > 1 else "encode"
         bar = _Progress(len(jobs), settings.show_progress, label)
         if prompt_hash(EMPTY_PROMPT) not in self.known_prompts:
@@ -523,8 +530,10 @@ class _RankEncoder:
             if kind == "skip":
                 self.summary.skipped.append((str(item[1]), item[2]))
                 bar.advance(other=1)
-            elif kind == "done":
+            elif kind in ("done", "stale"):
                 self.summary.already_done += 1
+                if kind == "stale":
+                    self.summary.stale_captions.append(str(item[1]))
                 bar.advance(other=1)
             else:
                 batch.append(item[1])

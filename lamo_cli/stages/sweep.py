@@ -37,6 +37,7 @@ class SweepSummary:
     out: Path
     knob: str
     values: list[float]
+    seeds: list[int] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     chart: Path | None = None
     seconds: float = 0.0
@@ -70,10 +71,10 @@ def read_demo(demo_dir: Path) -> dict[str, Any]:
         raise LamoError(f"{demo_dir}: no demo.json; run `lamo demo --out {demo_dir}` first and sweep on its folder")
     try:
         demo = json.loads(path.read_text())
-        needed = (demo["backbone"], demo["split"], demo["seeds"], demo["generate_seed"], demo["recipe"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise LamoError(f"{path}: not a finished demo record; rerun `lamo demo --out {demo_dir}`") from None
-    del needed
+    except json.JSONDecodeError:
+        demo = None
+    if not isinstance(demo, dict) or any(k not in demo for k in ("backbone", "split", "seeds", "generate_seed", "recipe")):
+        raise LamoError(f"{path}: not a finished demo record; rerun `lamo demo --out {demo_dir}`")
     return demo
 
 
@@ -82,11 +83,12 @@ def sweep(
     knob: str,
     values: str | Sequence[float],
     out: str | None = None,
+    seeds: str | Sequence[int] | None = None,
     progress: bool = True,
 ) -> SweepSummary:
     from lamo_cli.eval.stats import arm_stats
     from lamo_cli.fileio import write_json
-    from lamo_cli.stages.demo import _fresh, _generated_index, _pass_row, finished_prior, finished_run
+    from lamo_cli.stages.demo import _fresh, _generated_index, _pass_row, finished_prior, finished_run, parse_seeds
     from lamo_cli.stages.evaluate import evaluate
     from lamo_cli.stages.finetune import finetune
     from lamo_cli.stages.fit_prior import fit_prior
@@ -96,7 +98,12 @@ def sweep(
     root = Path(demo_dir)
     demo = read_demo(root)
     started = time.time()
-    backbone, seeds, recipe = demo["backbone"], [int(s) for s in demo["seeds"]], demo["recipe"]
+    backbone, recipe = demo["backbone"], demo["recipe"]
+    in_demo = [int(s) for s in demo["seeds"]]
+    chosen = in_demo if seeds is None else parse_seeds(seeds)
+    if missing := [s for s in chosen if s not in in_demo]:
+        raise LamoError(f"--seeds: {','.join(map(str, missing))} not among the demo's training seeds {','.join(map(str, in_demo))}")
+    seeds = chosen
     prompts_file = root / f"{demo['split']}-prompts.txt"
     if not prompts_file.is_file():
         raise LamoError(f"{prompts_file}: missing from the demo folder; rerun `lamo demo --out {root}`")
@@ -107,7 +114,7 @@ def sweep(
     finetune_settings = _fresh(recipe.get("finetune", {}))
     finetune_settings.pop("drift_weight", None)
     sweep_dir = Path(out) if out else root / f"sweep-{knob}"
-    summary = SweepSummary(sweep_dir, knob, values)
+    summary = SweepSummary(sweep_dir, knob, values, seeds)
 
     for value in values:
         label = f"{value:g}"
@@ -149,7 +156,7 @@ def sweep(
     summary.seconds = time.time() - started
     write_json(sweep_dir / "sweep.json", {
         "demo": str(root), "knob": knob, "values": values, "backbone": backbone, "split": demo["split"], "seeds": seeds,
-        "rows": summary.rows, "seconds": summary.seconds,
+        "rows": summary.rows, "seconds": summary.seconds, "prompts_file": str(prompts_file),
         "held_fixed": {"guidance_scale": base_scale, "generate": generate_settings, "fit_prior": fit_settings, "finetune": finetune_settings},
         "statistics": "pass rates: mean ± std over training seeds, bootstrap 95% CI over prompts (as demo.json); "
                       "medians: of the law's continuous error over every scored video of every seed"})
@@ -180,7 +187,7 @@ def _chart(summary: SweepSummary, demo: dict[str, Any]) -> Path:
         ax.set_xlabel(summary.knob)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"lamo sweep {summary.knob} on {demo['backbone']} ({demo['split']} prompts, seeds {','.join(map(str, demo['seeds']))})", fontsize=9)
+    fig.suptitle(f"lamo sweep {summary.knob} on {demo['backbone']} ({demo['split']} prompts, seeds {','.join(map(str, summary.seeds))})", fontsize=9)
     fig.tight_layout()
     path = summary.out / "sweep.png"
     path.parent.mkdir(parents=True, exist_ok=True)
