@@ -27,7 +27,7 @@ def test_foreground_mask_marks_non_background_pixels():
 def test_build_tiny_toy_scale(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "build"
-    args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--transformer-steps", "2",
+    args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--decoder-steps", "2", "--transformer-steps", "2",
             "--transformer-batch-size", "2", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -37,9 +37,17 @@ def test_build_tiny_toy_scale(tmp_path):
     assert backbone.video_format.latent_height == 16
     # the VAE's scaling factor was measured, not left at the CogVideoX default
     assert backbone.scaling_factor != 1.15258426
-    # the trained transformer replaced the untrained one
+    # the decoder phase changed the decoder and left the encoder (the latent space) as the VAE phase made it
     from safetensors.torch import load_file
 
+    base = load_file(str(out / "vae-train" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    shipped_vae = backbone.vae.state_dict()
+    encoder = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in base if k.startswith("decoder.")]
+    assert encoder and decoder
+    assert all(torch.equal(base[k], shipped_vae[k]) for k in encoder)
+    assert not all(torch.equal(base[k], shipped_vae[k]) for k in decoder)
+    # the trained transformer replaced the untrained one
     shipped = load_file(str(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
     trained = load_file(str(out / "transformer-run" / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert shipped.keys() == trained.keys() and all(torch.equal(shipped[k], trained[k]) for k in shipped)

@@ -33,12 +33,13 @@ def command(
                    split=split, world_seed=world_seed, progress=progress)
     seed_text = ", ".join(map(str, summary.seeds))
     table = Table(title=f"LaMo ablation on {summary.backbone}, {summary.split} prompts, seeds {seed_text} "
-                        "(physics score, %: mean ± std [95% CI])")
-    for column in ("arm", "n", "SA", "PC", "Joint", "dynamic"):
+                        "(physics score, %: mean ± std [95% CI]; median acceleration error and trajectory residual)")
+    for column in ("arm", "n", "SA", "PC", "Joint", "dynamic", "accel err", "resid px"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for row in summary.table:
-        stats = row["stats"]
-        table.add_row(row["arm"], str(row["n"]), *(_fmt(stats[m]) for m in ("SA", "PC", "Joint")), f"{stats['dynamic']['mean']:.1f}")
+        stats, medians = row["stats"], row["medians"]
+        errors = ["-" if medians[law] is None else f"{medians[law]:.3f}" for law in ("accel", "smooth")]
+        table.add_row(row["arm"], str(row["n"]), *(_fmt(stats[m]) for m in ("SA", "PC", "Joint")), f"{stats['dynamic']['mean']:.1f}", *errors)
     console.print(table)
     if summary.backbone == "tiny-random":
         console.print("[yellow]tiny-random has random weights: its scores only show that the chain runs.[/]")

@@ -22,16 +22,16 @@ def command(
     """Vary one LaMo knob on top of a demo, everything else held fixed, and score every value:
     SA / PC / Joint / dynamic (mean ± std over the demo's seeds, bootstrap 95% CI over prompts) and
     the median acceleration and trajectory errors. Writes sweep.json and sweep.png."""
-    from lamo_cli.stages.sweep import ERROR_METRICS, PASS_METRICS, sweep
+    from lamo_cli.stages.sweep import ERROR_LAWS, PASS_METRICS, sweep
 
     summary = sweep(demo_dir, knob, values, out=out, seeds=seeds, progress=progress)
     table = Table(title=f"lamo sweep {summary.knob} (physics score, %: mean ± std [95% CI]; median errors)")
-    for column in (summary.knob, "n", *PASS_METRICS[:3], "dynamic", *(f"{m} err" for m in ERROR_METRICS)):
+    for column in (summary.knob, "n", *PASS_METRICS[:3], "dynamic", *(f"{m} err" for m in ERROR_LAWS)):
         table.add_column(column, justify="right")
     for row in summary.rows:
         stats = row["stats"]
         cells = [f"{stats[m]['mean']:.1f} ± {stats[m]['std']:.1f} [{stats[m]['ci'][0]:.0f}, {stats[m]['ci'][1]:.0f}]" for m in PASS_METRICS[:3]]
-        errors = ["-" if row["medians"][m] is None else f"{row['medians'][m]:.3f}" for m in ERROR_METRICS]
+        errors = ["-" if row["medians"][m] is None else f"{row['medians'][m]:.3f}" for m in ERROR_LAWS]
         table.add_row(f"{row['value']:g}", str(row["n"]), *cells, f"{stats['dynamic']['mean']:.1f}", *errors)
     console.print(table)
     console.print(f"done in {summary.seconds:.0f}s; chart: {summary.chart}; numbers: {summary.out / 'sweep.json'}", soft_wrap=True)

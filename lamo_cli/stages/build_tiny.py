@@ -3,7 +3,8 @@
 Phases (each skipped when its output exists, each resumable, so a rerun continues where a killed
 one stopped):
 1. world        physics-world training clips (`lamo world`)
-2. vae          the 3-block CogVideoX VAE, trained on random windows of those clips
+2. vae          the 3-block CogVideoX VAE, trained on random windows of those clips, then its
+                decoder alone fine-tuned on noisy latents (robust to a generated latent's errors)
 3. model        a diffusers folder: trained VAE + frozen random byte-level T5 + untrained transformer
 4. encode       the clips into a latent cache with that VAE (`lamo encode`)
 5. transformer  the denoiser trained from scratch on the cache (`lamo finetune --full --drift-weight 0`)
@@ -59,11 +60,21 @@ def train_vae(
     foreground_weight: float = 30.0,
     save_every: int = 200,
     seed: int = 0,
+    decoder_only: bool = False,
+    latent_noise: float = 0.0,
+    init_from: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
-    resumes from `out/checkpoints`. Crops smaller than the frame are cheaper but were seen to drop
-    the floor band at the frame's edge, so the default is the whole 64x64 frame."""
+    resumes from `out/checkpoints`, else starts from checkpoint `init_from` or from scratch. Crops
+    smaller than the frame are cheaper but were seen to drop the floor band at the frame's edge, so
+    the default is the whole 64x64 frame.
+
+    `decoder_only` + `latent_noise`: fine-tune the decoder alone on posterior means plus Gaussian
+    noise of a std drawn uniformly in [0, latent_noise] (in units of the latent's own std). A
+    decoder trained only on exact posteriors turns the small errors of a generated latent into
+    coloured fragments all over the frame; this teaches it to snap them back onto clean frames. The
+    encoder, and so the latent space (caches, priors, the transformer), stays as it was."""
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
@@ -79,7 +90,9 @@ def train_vae(
 
     out = Path(out)
     vae = tiny_untrained_components()["vae"].train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4)
+    encoder_side = ("encoder.", "quant_conv.")
+    trained = [p for name, p in vae.named_parameters() if not (decoder_only and name.startswith(encoder_side))]
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=1e-4)
     schedule = LRSchedule(lr, warmup, "cosine", steps, min_ratio=0.05)
     start = 0
     last = latest_checkpoint(out)
@@ -88,7 +101,10 @@ def train_vae(
         vae.load_state_dict(ckpt.weights)
         ckpt.load_optimizer(optimizer)
         start = ckpt.step
+    elif init_from is not None:
+        vae.load_state_dict(load_checkpoint(init_from).weights)
     clips = torch.from_numpy(_load_world_clips(Path(world_dir)))
+    latent_std = 1.0 / latent_scaling_factor(vae, clips[:16].numpy()) if decoder_only and latent_noise > 0 else 0.0
     log = MetricsLog(out / "metrics.jsonl", resume_step=start)
     bar = step_progress(steps, start, progress, "vae")
     l1 = float("nan")
@@ -103,8 +119,14 @@ def train_vae(
             for i, f, y, x0 in zip(pick.tolist(), first.tolist(), top, left)
         ])
         x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        if decoder_only:
+            with torch.no_grad():
+                posterior = vae.encode(x).latent_dist
+            sigma = latent_noise * latent_std * torch.rand((batch_size, 1, 1, 1, 1), generator=gen)
+            z = posterior.mean + sigma * torch.randn(posterior.mean.shape, generator=gen)
+        else:
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         recon = vae.decode(z).sample
         error = (recon - x).abs()
         l1_t = error.mean()
@@ -116,7 +138,7 @@ def train_vae(
         schedule.apply(optimizer, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         l1 = float(l1_t.detach())
         log.write({"step": step + 1, "l1": l1, "weighted_l1": float(weighted.detach()), "kl": float(kl.detach()), "lr": schedule.lr_at(step)})
@@ -163,6 +185,8 @@ def build_tiny(
     vae_steps: int = 5000,
     vae_batch_size: int = 2,
     vae_lr: float = 1e-3,
+    decoder_steps: int = 800,
+    decoder_latent_noise: float = 0.4,
     transformer_steps: int = 8000,
     transformer_batch_size: int = 8,
     transformer_lr: float = 5e-4,
@@ -197,6 +221,12 @@ def build_tiny(
         summary.phases["vae"] = summary.phases["model"] = "skipped (exists)"
     else:
         trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, progress=progress)
+        if decoder_steps > 0:
+            from lamo_cli.training import latest_checkpoint
+
+            trained = train_vae(world_dir, out / "vae-decoder", steps=decoder_steps, batch_size=vae_batch_size, lr=0.3 * vae_lr, warmup=20,
+                                save_every=save_every, seed=seed, decoder_only=True, latent_noise=decoder_latent_noise,
+                                init_from=latest_checkpoint(vae_dir), progress=progress)
         vae = trained["vae"]
         summary.vae_l1 = trained["l1"]
         factor = summary.scaling_factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
@@ -241,7 +271,8 @@ def build_tiny(
     shutil.rmtree(model_dir / "transformer")
     shutil.copytree(trained_transformer, model_dir / "transformer")
     summary.phases["transformer"] = "done"
-    write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "transformer_steps": transformer_steps,
+    write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "decoder_steps": decoder_steps,
+                                    "decoder_latent_noise": decoder_latent_noise, "transformer_steps": transformer_steps,
                                     "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr,
                                     "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay})
 

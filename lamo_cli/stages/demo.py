@@ -33,6 +33,7 @@ ARMS = (  # (name, fine-tune run, guided)
 )
 GROUND_TRUTH = "ground truth (renders)"
 METRICS = ("SA", "PC", "Joint", "dynamic")
+ERROR_LAWS = ("accel", "smooth")  # medians reported beside the pass rates: acceleration error, trajectory residual px
 SPLITS = ("test", "ood")
 
 
@@ -136,6 +137,7 @@ def demo(
     drift_weight = float(finetune_settings.pop("drift_weight", 0.4))
 
     passes: dict[str, list[dict[str, list[bool]]]] = {arm: [] for arm, _, _ in ARMS}  # arm -> per seed
+    scored: dict[str, list[dict]] = {arm: [] for arm, _, _ in ARMS}  # arm -> every scored video of every seed
     for seed in seeds:
         prior = root / f"prior-s{seed}"
         if not finished_prior(prior):  # a rerun in the same folder reuses what is finished
@@ -152,6 +154,7 @@ def demo(
                   seed=generate_seed, out=str(videos), progress=progress, **generate_settings)
             report = timed("eval", evaluate, [videos], out=root / "eval" / videos.name, progress=progress)
             passes[arm].append(_pass_row(report.videos, len(captions), _generated_index))
+            scored[arm].extend(report.videos)
 
     first_video = sorted(_videos_dir(root, "+drift", seeds[0]).glob("*.mp4"))[0]
     summary.heatmap_dir = timed("heatmap", heatmap, str(first_video), prior=str(root / f"prior-s{seeds[0]}"), out=str(root / "heatmap")).out_dir
@@ -159,9 +162,11 @@ def demo(
     reference = timed("eval", evaluate, [eval_world], out=root / "eval" / "ground-truth", reference=False, progress=progress)
     stem_index = {stem: i for i, stem in enumerate(world_stems)}
     truth = [_pass_row(reference.videos, len(captions), lambda path: stem_index.get(Path(path).stem))]
+    scored[GROUND_TRUTH] = reference.videos
     for name, rows in [(GROUND_TRUTH, truth)] + [(arm, passes[arm]) for arm, _, _ in ARMS]:
         stats = arm_stats({m: [row[m] for row in rows] for m in METRICS}, seed=0)
-        summary.table.append({"arm": name, "n": stats["prompts"], **{m: stats[m]["mean"] for m in METRICS}, "stats": stats})
+        summary.table.append({"arm": name, "n": stats["prompts"], **{m: stats[m]["mean"] for m in METRICS}, "stats": stats,
+                              "medians": law_medians(scored[name])})
     summary.chart = _chart(summary.table, root / "comparison.png", backbone, seeds, split)
     summary.seconds = time.time() - started
     write_json(root / "demo.json", {
@@ -175,6 +180,18 @@ def demo(
         "train_clips": train_clips, "test_prompts": test_prompts, "recipe": recipe})
     return summary
 
+
+
+def law_medians(videos: list[dict], laws: Sequence[str] = ERROR_LAWS) -> dict[str, float | None]:
+    """Median of each law's continuous error over scored videos (None when no video measured it):
+    finer-grained than pass rates when few videos pass."""
+    import numpy as np
+
+    medians: dict[str, float | None] = {}
+    for law in laws:
+        values = [float(v["laws"][law]["value"]) for v in videos if (v.get("laws") or {}).get(law, {}).get("value") is not None]
+        medians[law] = float(np.median(values)) if values else None
+    return medians
 
 
 def finished_run(run_dir: Path) -> bool:

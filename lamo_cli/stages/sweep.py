@@ -25,11 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from lamo_cli.errors import LamoError
+from lamo_cli.stages.demo import ERROR_LAWS
 
 KNOBS = ("drift-weight", "guidance-scale", "guidance-window", "field-tau")
 PASS_METRICS = ("SA", "PC", "Joint", "dynamic")
-# medians over every video of every seed: more sensitive than pass rates on a small model
-ERROR_METRICS = ("accel", "smooth")
 
 
 @dataclass
@@ -88,7 +87,7 @@ def sweep(
 ) -> SweepSummary:
     from lamo_cli.eval.stats import arm_stats
     from lamo_cli.fileio import write_json
-    from lamo_cli.stages.demo import _fresh, _generated_index, _pass_row, finished_prior, finished_run, parse_seeds
+    from lamo_cli.stages.demo import _fresh, _generated_index, _pass_row, finished_prior, finished_run, law_medians, parse_seeds
     from lamo_cli.stages.evaluate import evaluate
     from lamo_cli.stages.finetune import finetune
     from lamo_cli.stages.fit_prior import fit_prior
@@ -118,7 +117,7 @@ def sweep(
 
     for value in values:
         label = f"{value:g}"
-        rows, medians = [], {m: [] for m in ERROR_METRICS}
+        rows, videos_scored = [], []
         for seed in seeds:
             here = sweep_dir / label
             lora, prior = root / f"run-plain-s{seed}", root / f"prior-s{seed}"
@@ -144,14 +143,10 @@ def sweep(
                      **{**options, "guidance_scale": options["guidance_scale"] if guided else 0.0})
             report = evaluate([videos], out=here / f"eval-s{seed}", progress=progress)
             rows.append(_pass_row(report.videos, prompts, _generated_index))
-            for video in report.videos:
-                for m in ERROR_METRICS:
-                    law = (video.get("laws") or {}).get(m) or {}
-                    if law.get("value") is not None:
-                        medians[m].append(float(law["value"]))
+            videos_scored.extend(report.videos)
         stats = arm_stats({m: [row[m] for row in rows] for m in PASS_METRICS}, seed=0)
         summary.rows.append({"value": value, "n": stats["prompts"], "stats": stats,
-                             "medians": {m: (float(np.median(v)) if v else None) for m, v in medians.items()}})
+                             "medians": law_medians(videos_scored)})
     summary.chart = _chart(summary, demo)
     summary.seconds = time.time() - started
     write_json(sweep_dir / "sweep.json", {
@@ -179,7 +174,7 @@ def _chart(summary: SweepSummary, demo: dict[str, Any]) -> Path:
         left.errorbar(x, means, yerr=np.clip(np.stack([means - ci[:, 0], ci[:, 1] - means]), 0, None), capsize=3, marker="o", label=m)
     left.set_ylabel("% of prompts (bootstrap 95% CI)")
     left.set_ylim(-5, 105)
-    for m in ERROR_METRICS:
+    for m in ERROR_LAWS:
         right.plot(x, [np.nan if r["medians"][m] is None else r["medians"][m] for r in summary.rows], marker="o", label=f"median {m} error")
     right.set_yscale("log")
     for ax in (left, right):
