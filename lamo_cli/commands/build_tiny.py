@@ -16,7 +16,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed of the world and the training runs.")] = 0,
     vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 5000,
     decoder_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the VAE decoder alone on noisy latents (0 = skip).")] = 800,
-    transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 8000,
+    transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 6000,
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
     transformer_lr: Annotated[float, typer.Option(help="Transformer peak learning rate (cosine decay after warm-up).")] = 5e-4,
     transformer_ema_decay: Annotated[float, typer.Option(help="Decay of the weight moving average that is saved (0 = off).")] = 0.999,

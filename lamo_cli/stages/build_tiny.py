@@ -5,7 +5,7 @@ one stopped):
 1. world        physics-world training clips (`lamo world`)
 2. vae          the 3-block CogVideoX VAE, trained on random windows of those clips, then its
                 decoder alone fine-tuned on noisy latents (robust to a generated latent's errors)
-3. model        a diffusers folder: trained VAE + frozen random byte-level T5 + untrained transformer
+3. model        a diffusers folder: trained VAE + frozen random word-level T5 + untrained transformer
 4. encode       the clips into a latent cache with that VAE (`lamo encode`)
 5. transformer  the denoiser trained from scratch on the cache (`lamo finetune --full --drift-weight 0`)
 6. install      the finished folder copied into lamo_cli/weights/tiny (with --install)
@@ -187,7 +187,7 @@ def build_tiny(
     vae_lr: float = 1e-3,
     decoder_steps: int = 800,
     decoder_latent_noise: float = 0.4,
-    transformer_steps: int = 8000,
+    transformer_steps: int = 6000,
     transformer_batch_size: int = 8,
     transformer_lr: float = 5e-4,
     transformer_warmup: int = 200,
@@ -281,6 +281,9 @@ def build_tiny(
         tmp = TINY_WEIGHTS.with_name("tiny.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(model_dir, tmp)
+        card = TINY_WEIGHTS / "README.md"
+        if card.is_file():  # the model card is written by hand: keep it (and update it)
+            shutil.copy2(card, tmp / card.name)
         shutil.rmtree(TINY_WEIGHTS, ignore_errors=True)
         os.replace(tmp, TINY_WEIGHTS)
         summary.installed = TINY_WEIGHTS

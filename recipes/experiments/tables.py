@@ -17,27 +17,30 @@ def cell(stats: dict) -> str:
     return f"{stats['mean']:.1f} ± {stats['std']:.1f} [{low:.0f}, {high:.0f}]"
 
 
+def header(first: str) -> str:
+    return f"| {first} | SA % | PC % | Joint % | dynamic % | median accel error | median residual px |\n|---|---|---|---|---|---|---|"
+
+
+def line(label: str, row: dict) -> str:
+    stats, medians = row["stats"], row["medians"]
+    errors = " | ".join("-" if medians[m] is None else f"{medians[m]:.3f}" for m in ("accel", "smooth"))
+    return f"| {label} | " + " | ".join(cell(stats[m]) for m in METRICS) + f" | {stats['dynamic']['mean']:.0f} | {errors} |"
+
+
 def demo_table(folder: Path) -> str:
     demo = json.loads((folder / "demo.json").read_text())
     lines = [f"**{demo['split']} split**, backbone `{demo['backbone']}`, training seeds {demo['seeds']}, "
              f"{len(demo['prompts'])} prompts, {demo['seconds'] / 60:.0f} min",
-             "", "| arm | SA % | PC % | Joint % | dynamic % | median accel error | median residual px |", "|---|---|---|---|---|---|---|"]
-    for row in demo["table"]:
-        stats, med = row["stats"], row["medians"]
-        errors = " | ".join("-" if med[m] is None else f"{med[m]:.3f}" for m in ("accel", "smooth"))
-        lines.append(f"| {row['arm']} | " + " | ".join(cell(stats[m]) for m in METRICS) + f" | {stats['dynamic']['mean']:.0f} | {errors} |")
+             "", header("arm")]
+    lines += [line(row["arm"], row) for row in demo["table"]]
     return "\n".join(lines)
 
 
 def sweep_table(folder: Path) -> str:
     sweep = json.loads((folder / "sweep.json").read_text())
     lines = [f"**{sweep['knob']}** ({sweep['split']} prompts, seeds {sweep['seeds']}, {sweep['seconds'] / 60:.0f} min)", "",
-             f"| {sweep['knob']} | SA % | PC % | Joint % | dynamic % | median accel error | median residual px |",
-             "|---|---|---|---|---|---|---|"]
-    for row in sweep["rows"]:
-        stats, med = row["stats"], row["medians"]
-        errors = " | ".join("-" if med[m] is None else f"{med[m]:.3f}" for m in ("accel", "smooth"))
-        lines.append(f"| {row['value']:g} | " + " | ".join(cell(stats[m]) for m in METRICS) + f" | {stats['dynamic']['mean']:.0f} | {errors} |")
+             header(sweep["knob"])]
+    lines += [line(f"{row['value']:g}", row) for row in sweep["rows"]]
     return "\n".join(lines)
 
 
