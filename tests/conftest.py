@@ -76,3 +76,15 @@ def _offline_hub(monkeypatch):
 def make_clips():
     """The `write_clips` function: make_clips(tmp_path, n, frames, size, fps=8.0, captions=True, folder="videos")."""
     return write_clips
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is faster, and 2 OpenMP threads crawl when other jobs share the 2 cores.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -5,19 +5,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lamo_cli.cli import app
 from lamo_cli.eval.stats import arm_stats, bootstrap_means, metric_stats
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_all_pass_gives_a_degenerate_interval_and_zero_spread():

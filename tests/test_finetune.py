@@ -26,13 +26,7 @@ runner = CliRunner()
 LORA = dict(lora_rank=4, lora_alpha=2.0)  # scale alpha/rank = 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and 2 OpenMP threads crawl when other jobs share the 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -130,10 +130,10 @@ def demo(
     captions = [(eval_world / f"{stem}.txt").read_text().strip() for stem in world_stems]
     prompts_file = root / f"{split}-prompts.txt"
     write_text(prompts_file, "\n".join(captions) + "\n")
-    generate_settings = _fresh(recipe.get("generate", {}))
+    generate_settings = recipe_options(recipe.get("generate", {}))
     guidance_scale = generate_settings.pop("guidance_scale", 15.0)
     generate_seed = int(recipe.get("generate", {}).get("seed", 42))
-    finetune_settings = _fresh(recipe.get("finetune", {}))
+    finetune_settings = recipe_options(recipe.get("finetune", {}))
     drift_weight = float(finetune_settings.pop("drift_weight", 0.4))
 
     passes: dict[str, list[dict[str, list[bool]]]] = {arm: [] for arm, _, _ in ARMS}  # arm -> per seed
@@ -141,7 +141,7 @@ def demo(
     for seed in seeds:
         prior = root / f"prior-s{seed}"
         if not finished_prior(prior):  # a rerun in the same folder reuses what is finished
-            timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **_fresh(recipe.get("fit_prior", {})))
+            timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **recipe_options(recipe.get("fit_prior", {})))
         for run, weight in (("run-plain", 0.0), ("run-drift", drift_weight)):
             run_dir = root / f"{run}-s{seed}"
             if not finished_run(run_dir):
@@ -153,7 +153,7 @@ def demo(
                   prior=str(prior) if guided else "none", guidance_scale=guidance_scale if guided else 0.0,
                   seed=generate_seed, out=str(videos), progress=progress, **generate_settings)
             report = timed("eval", evaluate, [videos], out=root / "eval" / videos.name, progress=progress)
-            passes[arm].append(_pass_row(report.videos, len(captions), _generated_index))
+            passes[arm].append(pass_row(report.videos, len(captions), generated_index))
             scored[arm].extend(report.videos)
 
     first_video = sorted(_videos_dir(root, "+drift", seeds[0]).glob("*.mp4"))[0]
@@ -161,7 +161,7 @@ def demo(
 
     reference = timed("eval", evaluate, [eval_world], out=root / "eval" / "ground-truth", reference=False, progress=progress)
     stem_index = {stem: i for i, stem in enumerate(world_stems)}
-    truth = [_pass_row(reference.videos, len(captions), lambda path: stem_index.get(Path(path).stem))]
+    truth = [pass_row(reference.videos, len(captions), lambda path: stem_index.get(Path(path).stem))]
     scored[GROUND_TRUTH] = reference.videos
     for name, rows in [(GROUND_TRUTH, truth)] + [(arm, passes[arm]) for arm, _, _ in ARMS]:
         stats = arm_stats({m: [row[m] for row in rows] for m in METRICS}, seed=0)
@@ -212,13 +212,13 @@ def _videos_dir(root: Path, arm: str, seed: int) -> Path:
     return root / "videos" / f"{_slug(arm)}-s{seed}"
 
 
-def _generated_index(path: str) -> int | None:
+def generated_index(path: str) -> int | None:
     """`lamo generate` names batch videos NNN-slug.mp4 after the prompt's line index."""
     head = Path(path).name.split("-", 1)[0]
     return int(head) if head.isdigit() else None
 
 
-def _pass_row(videos: list[dict], prompts: int, index_of) -> dict[str, list[bool]]:
+def pass_row(videos: list[dict], prompts: int, index_of) -> dict[str, list[bool]]:
     """Per-prompt pass indicators for every metric; a prompt with no scored video fails."""
     row = {m: [False] * prompts for m in METRICS}
     for video in videos:
@@ -229,7 +229,7 @@ def _pass_row(videos: list[dict], prompts: int, index_of) -> dict[str, list[bool
     return row
 
 
-def _fresh(table: dict[str, Any]) -> dict[str, Any]:
+def recipe_options(table: dict[str, Any]) -> dict[str, Any]:
     """A recipe table minus keys the demo sets itself (paths, resume, seed, backbone)."""
     return {k: v for k, v in table.items() if k not in ("cache", "out", "backbone", "resume", "seed", "prompt", "prompts_file", "lora", "prior")}
 

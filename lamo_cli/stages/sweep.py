@@ -87,7 +87,7 @@ def sweep(
 ) -> SweepSummary:
     from lamo_cli.eval.stats import arm_stats
     from lamo_cli.fileio import write_json
-    from lamo_cli.stages.demo import _fresh, _generated_index, _pass_row, finished_prior, finished_run, law_medians, parse_seeds
+    from lamo_cli.stages.demo import recipe_options, generated_index, pass_row, finished_prior, finished_run, law_medians, parse_seeds
     from lamo_cli.stages.evaluate import evaluate
     from lamo_cli.stages.finetune import finetune
     from lamo_cli.stages.fit_prior import fit_prior
@@ -107,10 +107,10 @@ def sweep(
     if not prompts_file.is_file():
         raise LamoError(f"{prompts_file}: missing from the demo folder; rerun `lamo demo --out {root}`")
     prompts = len([line for line in prompts_file.read_text().splitlines() if line.strip()])
-    generate_settings = _fresh(recipe.get("generate", {}))
+    generate_settings = recipe_options(recipe.get("generate", {}))
     base_scale = float(generate_settings.pop("guidance_scale", 15.0))
-    fit_settings = _fresh(recipe.get("fit_prior", {}))
-    finetune_settings = _fresh(recipe.get("finetune", {}))
+    fit_settings = recipe_options(recipe.get("fit_prior", {}))
+    finetune_settings = recipe_options(recipe.get("finetune", {}))
     finetune_settings.pop("drift_weight", None)
     sweep_dir = Path(out) if out else root / f"sweep-{knob}"
     summary = SweepSummary(sweep_dir, knob, values, seeds)
@@ -142,7 +142,7 @@ def sweep(
                      seed=int(demo["generate_seed"]), out=str(videos), progress=progress,
                      **{**options, "guidance_scale": options["guidance_scale"] if guided else 0.0})
             report = evaluate([videos], out=here / f"eval-s{seed}", progress=progress)
-            rows.append(_pass_row(report.videos, prompts, _generated_index))
+            rows.append(pass_row(report.videos, prompts, generated_index))
             videos_scored.extend(report.videos)
         stats = arm_stats({m: [row[m] for row in rows] for m in PASS_METRICS}, seed=0)
         summary.rows.append({"value": value, "n": stats["prompts"], "stats": stats,
