@@ -120,3 +120,15 @@ def test_default_backbone_env_and_fallback(monkeypatch, tmp_path):
     (tmp_path / "present" / cogvideox.LAMO_META_FILE).write_text("{}")
     monkeypatch.setattr(cogvideox, "TINY_WEIGHTS", tmp_path / "present")
     assert cogvideox.default_backbone() == "tiny"
+
+
+def test_fingerprint_ignores_the_decoder_but_not_the_scaling_factor(tiny, tmp_path):
+    """A decoder fine-tuned on the same latents keeps caches and priors valid; a new scale does not."""
+    folder = tiny.save(tmp_path / "model")
+    other = load_backbone(folder, device="cpu")
+    with torch.no_grad():
+        for p in other.vae.decoder.parameters():
+            p.add_(0.01)
+    assert other.latent_fingerprint() == tiny.latent_fingerprint()
+    other.vae.register_to_config(scaling_factor=tiny.scaling_factor * 1.5)
+    assert other.latent_fingerprint() != tiny.latent_fingerprint()

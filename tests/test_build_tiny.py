@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from lamo_cli.backbones import load_backbone
 from lamo_cli.backbones.cogvideox import TINY_FORMAT
 from lamo_cli.cli import app
-from lamo_cli.stages.build_tiny import _foreground
+from lamo_cli.stages.build_tiny import _foreground, _motion_loss
 
 
 def test_foreground_mask_marks_non_background_pixels():
@@ -24,10 +24,27 @@ def test_foreground_mask_marks_non_background_pixels():
     assert mask.sum() == 1 and mask[0, 0, 0, 1, 2] == 1
 
 
+def test_motion_loss_by_hand_and_against_a_smear():
+    """A 1-pixel 'disc' moving one pixel per frame over 4 frames; the loss compares frame differences."""
+    target = -torch.ones(1, 1, 4, 1, 4)  # [B, C, F, H, W], background -1
+    for f in range(4):
+        target[0, 0, f, 0, f] = 1.0
+    assert _motion_loss(target, target, foreground_weight=30.0) == 0
+    # the smear: every frame shows all four positions at once -> all frame differences are zero
+    smear = torch.ones_like(target)
+    # target differences: at frames 1..3 two pixels change by 2 (one on, one off) -> 6 moving pixels of 12,
+    # each off by 2 in the smear; weight 31 on those, 1 on the other 6: (6 * 2 * 31) / (6 * 31 + 6) / C
+    expected = (6 * 2 * 31) / (6 * 31 + 6)
+    assert torch.isclose(_motion_loss(smear, target, foreground_weight=30.0), torch.tensor(expected))
+    # a still disc (no motion at all) is as wrong as the smear
+    still = target[:, :, :1].expand_as(target)
+    assert torch.isclose(_motion_loss(still, target, foreground_weight=30.0), torch.tensor(expected))
+
+
 def test_build_tiny_toy_scale(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "build"
-    args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--decoder-steps", "2", "--transformer-steps", "2",
+    args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--motion-steps", "2", "--decoder-steps", "2", "--transformer-steps", "2",
             "--transformer-batch-size", "2", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -37,10 +54,12 @@ def test_build_tiny_toy_scale(tmp_path):
     assert backbone.video_format.latent_height == 16
     # the VAE's scaling factor was measured, not left at the CogVideoX default
     assert backbone.scaling_factor != 1.15258426
-    # the decoder phase changed the decoder and left the encoder (the latent space) as the VAE phase made it
+    # the decoder phase changed the decoder and left the encoder (the latent space) as the motion phase made it
     from safetensors.torch import load_file
 
-    base = load_file(str(out / "vae-train" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    first = load_file(str(out / "vae-train" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    base = load_file(str(out / "vae-motion" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    assert not all(torch.equal(first[k], base[k]) for k in first if k.startswith("encoder."))
     shipped_vae = backbone.vae.state_dict()
     encoder = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
     decoder = [k for k in base if k.startswith("decoder.")]

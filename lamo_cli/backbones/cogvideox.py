@@ -146,8 +146,12 @@ class CogVideoXBackbone:
 
     # ---------------------------------------------------------------- fingerprints
     def latent_fingerprint(self) -> str:
-        """Identity of the latent space: VAE + text encoder (what a cache or prior depends on)."""
-        return _fingerprint([self.vae, self.text_encoder])
+        """Identity of the latent space (what a cache or prior depends on): the VAE's encoder side,
+        its scaling factor and the text encoder. The decoder is left out on purpose: a decoder
+        fine-tuned on the same latents must not invalidate caches, priors or runs."""
+        vae = self.vae
+        encoder_side = [m for m in (vae.encoder, getattr(vae, "quant_conv", None)) if m is not None]
+        return _fingerprint(encoder_side + [self.text_encoder], extra=f"scaling_factor={self.scaling_factor!r}")
 
     # ---------------------------------------------------------------- encoders / decoder
     @torch.no_grad()
@@ -534,10 +538,10 @@ def _resize_crop_region(src: tuple[int, int], target_width: int, target_height: 
     return (top, left), (top + resize_h, left + resize_w)
 
 
-def _fingerprint(modules: list[torch.nn.Module]) -> str:
+def _fingerprint(modules: list[torch.nn.Module], extra: str = "") -> str:
     """Every weight's name and shape plus a sample of the values: cheap even for 5B, stable across
     save/load (configs gain bookkeeping fields on save, weights do not), different for any retrain."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(extra.encode())
     for module in modules:
         params = list(module.state_dict().items())
         for key, tensor in params:

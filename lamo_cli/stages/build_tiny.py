@@ -3,8 +3,9 @@
 Phases (each skipped when its output exists, each resumable, so a rerun continues where a killed
 one stopped):
 1. world        physics-world training clips (`lamo world`)
-2. vae          the 3-block CogVideoX VAE, trained on random windows of those clips, then its
-                decoder alone fine-tuned on noisy latents (robust to a generated latent's errors)
+2. vae          the 3-block CogVideoX VAE, trained on random windows of those clips, then
+                optionally fine-tuned whole with the frame-difference loss (--motion-steps),
+                then its decoder alone on noisy latents (robust to a generated latent's errors)
 3. model        a diffusers folder: trained VAE + frozen random word-level T5 + untrained transformer
 4. encode       the clips into a latent cache with that VAE (`lamo encode`)
 5. transformer  the denoiser trained from scratch on the cache (`lamo finetune --full --drift-weight 0`)
@@ -58,6 +59,7 @@ def train_vae(
     warmup: int = 100,
     kl_weight: float = 1e-6,
     foreground_weight: float = 30.0,
+    motion_weight: float = 0.0,
     save_every: int = 200,
     seed: int = 0,
     decoder_only: bool = False,
@@ -74,7 +76,13 @@ def train_vae(
     noise of a std drawn uniformly in [0, latent_noise] (in units of the latent's own std). A
     decoder trained only on exact posteriors turns the small errors of a generated latent into
     coloured fragments all over the frame; this teaches it to snap them back onto clean frames. The
-    encoder, and so the latent space (caches, priors, the transformer), stays as it was."""
+    encoder, and so the latent space (caches, priors, the transformer), stays as it was.
+
+    `motion_weight` > 0 adds a frame-difference term, and the foreground weight then also covers
+    pixels the reconstruction paints as foreground. With the target's foreground alone, a disc that
+    moves fast inside one latent frame (4 frames) is cheapest drawn at all its positions at once:
+    the smear that broke the smoothness, size and teleport checks of the first tiny. Matching
+    x[t] - x[t-1] makes a smear (zero difference inside the group) and a fade both expensive."""
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
@@ -131,17 +139,25 @@ def train_vae(
         error = (recon - x).abs()
         l1_t = error.mean()
         # Discs cover ~1% of the pixels: unweighted, the VAE learns the background and drops them.
-        weight = 1.0 + foreground_weight * _foreground(x)
+        foreground = _foreground(x)
+        if motion_weight > 0:
+            foreground = torch.maximum(foreground, _foreground(recon.detach()))
+        weight = 1.0 + foreground_weight * foreground
         weighted = (error * weight).sum() / (weight.sum() * x.shape[1])
         kl = posterior.kl().mean() / x[0].numel()
         loss = weighted + kl_weight * kl
+        motion = torch.zeros(())
+        if motion_weight > 0:
+            motion = _motion_loss(recon, x, foreground_weight)
+            loss = loss + motion_weight * motion
         schedule.apply(optimizer, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         l1 = float(l1_t.detach())
-        log.write({"step": step + 1, "l1": l1, "weighted_l1": float(weighted.detach()), "kl": float(kl.detach()), "lr": schedule.lr_at(step)})
+        log.write({"step": step + 1, "l1": l1, "weighted_l1": float(weighted.detach()), "kl": float(kl.detach()),
+                   "motion": float(motion.detach()), "lr": schedule.lr_at(step)})
         if bar is not None:
             bar.set_postfix(l1=f"{l1:.4f}")
             bar.update(1)
@@ -152,6 +168,15 @@ def train_vae(
     plot_loss_curve(read_metrics(out / "metrics.jsonl"), out / "loss.png", ["l1", "weighted_l1", "kl"], title="tiny VAE")
     log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:8])})
     return {"vae": vae.eval().requires_grad_(False), "l1": l1}
+
+
+def _motion_loss(recon: torch.Tensor, target: torch.Tensor, foreground_weight: float, threshold: float = 0.08) -> torch.Tensor:
+    """Weighted L1 between frame differences ([B, 3, F, H, W]); pixels that change in the target
+    weigh 1 + foreground_weight."""
+    d_recon = recon[:, :, 1:] - recon[:, :, :-1]
+    d_target = target[:, :, 1:] - target[:, :, :-1]
+    weight = 1.0 + foreground_weight * (d_target.abs().amax(dim=1, keepdim=True) > threshold).to(target.dtype)
+    return ((d_recon - d_target).abs() * weight).sum() / (weight.sum() * target.shape[1])
 
 
 def _foreground(x: torch.Tensor, threshold: float = 0.08) -> torch.Tensor:
@@ -185,6 +210,8 @@ def build_tiny(
     vae_steps: int = 5000,
     vae_batch_size: int = 2,
     vae_lr: float = 1e-3,
+    motion_steps: int = 0,
+    motion_weight: float = 1.0,
     decoder_steps: int = 800,
     decoder_latent_noise: float = 0.4,
     transformer_steps: int = 6000,
@@ -220,13 +247,19 @@ def build_tiny(
     if (model_dir / LAMO_META_FILE).is_file():
         summary.phases["vae"] = summary.phases["model"] = "skipped (exists)"
     else:
-        trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, progress=progress)
-        if decoder_steps > 0:
-            from lamo_cli.training import latest_checkpoint
+        from lamo_cli.training import latest_checkpoint
 
+        trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, progress=progress)
+        last_dir = vae_dir
+        if motion_steps > 0:
+            trained = train_vae(world_dir, out / "vae-motion", steps=motion_steps, batch_size=vae_batch_size, lr=0.5 * vae_lr, warmup=50,
+                                motion_weight=motion_weight, save_every=save_every, seed=seed, init_from=latest_checkpoint(last_dir),
+                                progress=progress)
+            last_dir = out / "vae-motion"
+        if decoder_steps > 0:
             trained = train_vae(world_dir, out / "vae-decoder", steps=decoder_steps, batch_size=vae_batch_size, lr=0.3 * vae_lr, warmup=20,
-                                save_every=save_every, seed=seed, decoder_only=True, latent_noise=decoder_latent_noise,
-                                init_from=latest_checkpoint(vae_dir), progress=progress)
+                                motion_weight=motion_weight if motion_steps > 0 else 0.0, save_every=save_every, seed=seed, decoder_only=True,
+                                latent_noise=decoder_latent_noise, init_from=latest_checkpoint(last_dir), progress=progress)
         vae = trained["vae"]
         summary.vae_l1 = trained["l1"]
         factor = summary.scaling_factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
@@ -271,7 +304,8 @@ def build_tiny(
     shutil.rmtree(model_dir / "transformer")
     shutil.copytree(trained_transformer, model_dir / "transformer")
     summary.phases["transformer"] = "done"
-    write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "decoder_steps": decoder_steps,
+    write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "motion_steps": motion_steps,
+                                    "motion_weight": motion_weight, "decoder_steps": decoder_steps,
                                     "decoder_latent_noise": decoder_latent_noise, "transformer_steps": transformer_steps,
                                     "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr,
                                     "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay})

@@ -6,6 +6,7 @@ set -euo pipefail
 OUT=${OUT:-results}
 SEEDS=${SEEDS:-0,1,2}
 PROMPTS=${PROMPTS:-12}
+SWEEPS=${SWEEPS:-1}  # 0: the ablation and floors only
 
 # the ablation: plain / +drift / +guidance / both, with the ground-truth floor
 lamo demo --backbone tiny --seeds "$SEEDS" --split test --test-prompts "$PROMPTS" --out "$OUT/test"
@@ -15,6 +16,7 @@ lamo demo --backbone tiny --seeds "$SEEDS" --split ood --test-prompts "$PROMPTS"
 lamo eval "$OUT/test/world-test" --reference --backbone tiny --out "$OUT/test/eval/floors"
 
 # one knob at a time on top of the test-split demo
+[ "$SWEEPS" = 1 ] || exit 0
 lamo sweep "$OUT/test" --knob guidance-scale --values 0,5,15,50,150
 lamo sweep "$OUT/test" --knob guidance-window --values 0.2,0.5,0.8,1.0
 lamo sweep "$OUT/test" --knob drift-weight --values 0,0.1,0.4,1.6 --seeds 0
