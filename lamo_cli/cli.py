@@ -30,6 +30,7 @@ _COMMANDS = [
     ("build-tiny", "build_tiny"),
 ]
 
+
 def _version(value: bool) -> None:
     if value:
         from lamo_cli.versions import library_versions

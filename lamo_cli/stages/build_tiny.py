@@ -82,7 +82,8 @@ def train_vae(
     pixels the reconstruction paints as foreground. With the target's foreground alone, a disc that
     moves fast inside one latent frame (4 frames) is cheapest drawn at all its positions at once:
     the smear that broke the smoothness, size and teleport checks of the first tiny. Matching
-    x[t] - x[t-1] makes a smear (zero difference inside the group) and a fade both expensive."""
+    x[t] - x[t-1] makes a smear (zero difference inside the group) expensive; discs can still fade
+    in some frames (docs/RESULTS.md), which is why it is off by default."""
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
