@@ -14,6 +14,16 @@ console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def stat_cell(metric: dict) -> str:
+    """A pass rate across seeds as a table cell: mean ± std [bootstrap 95% CI]."""
+    low, high = metric["ci"]
+    return f"{metric['mean']:.1f} ± {metric['std']:.1f} [{low:.0f}, {high:.0f}]"
+
+
+def median_cells(medians: dict, names) -> list[str]:
+    return ["-" if medians[name] is None else f"{medians[name]:.3f}" for name in names]
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn LamoError (and Ctrl-C) into a one-line message and a non-zero exit, no traceback."""
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lamo_cli.commands._common import console, handle_errors
+from lamo_cli.commands._common import console, handle_errors, median_cells, stat_cell
 
 
 @handle_errors
@@ -27,7 +27,7 @@ def command(
     with the Motion Drift Loss -> generate without and with Motion Prior Guidance -> heatmap -> eval,
     once per training seed, ending with the comparison table (physics score per arm: mean ± std over
     seeds [bootstrap 95% CI over prompts]) and where the pictures are."""
-    from lamo_cli.stages.demo import demo
+    from lamo_cli.stages.demo import ERROR_LAWS, demo
 
     summary = demo(out=out, backbone=backbone, train_clips=train_clips, test_prompts=test_prompts, seeds=seeds,
                    split=split, world_seed=world_seed, progress=progress)
@@ -38,8 +38,8 @@ def command(
         table.add_column(column, justify="left" if column == "arm" else "right")
     for row in summary.table:
         stats, medians = row["stats"], row["medians"]
-        errors = ["-" if medians[law] is None else f"{medians[law]:.3f}" for law in ("accel", "smooth")]
-        table.add_row(row["arm"], str(row["n"]), *(_fmt(stats[m]) for m in ("SA", "PC", "Joint")), f"{stats['dynamic']['mean']:.1f}", *errors)
+        table.add_row(row["arm"], str(row["n"]), *(stat_cell(stats[m]) for m in ("SA", "PC", "Joint")), f"{stats['dynamic']['mean']:.1f}",
+                      *median_cells(medians, ERROR_LAWS))
     console.print(table)
     if summary.backbone == "tiny-random":
         console.print("[yellow]tiny-random has random weights: its scores only show that the chain runs.[/]")
@@ -47,8 +47,3 @@ def command(
     console.print(f"done in {summary.seconds:.0f}s ({stages})", soft_wrap=True)
     console.print(f"chart: {summary.chart}\nheatmaps: {summary.heatmap_dir}\nvideos: {summary.out / 'videos'}\n"
                   f"reports: {summary.out / 'eval'}\nnumbers: {summary.out / 'demo.json'}", soft_wrap=True)
-
-
-def _fmt(metric: dict) -> str:
-    low, high = metric["ci"]
-    return f"{metric['mean']:.1f} ± {metric['std']:.1f} [{low:.0f}, {high:.0f}]"

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lamo_cli.commands._common import console, handle_errors
+from lamo_cli.commands._common import console, handle_errors, median_cells, stat_cell
 
 
 @handle_errors
@@ -30,8 +30,7 @@ def command(
         table.add_column(column, justify="right")
     for row in summary.rows:
         stats = row["stats"]
-        cells = [f"{stats[m]['mean']:.1f} ± {stats[m]['std']:.1f} [{stats[m]['ci'][0]:.0f}, {stats[m]['ci'][1]:.0f}]" for m in PASS_METRICS[:3]]
-        errors = ["-" if row["medians"][m] is None else f"{row['medians'][m]:.3f}" for m in ERROR_LAWS]
-        table.add_row(f"{row['value']:g}", str(row["n"]), *cells, f"{stats['dynamic']['mean']:.1f}", *errors)
+        table.add_row(f"{row['value']:g}", str(row["n"]), *(stat_cell(stats[m]) for m in PASS_METRICS[:3]), f"{stats['dynamic']['mean']:.1f}",
+                      *median_cells(row["medians"], ERROR_LAWS))
     console.print(table)
     console.print(f"done in {summary.seconds:.0f}s; chart: {summary.chart}; numbers: {summary.out / 'sweep.json'}", soft_wrap=True)

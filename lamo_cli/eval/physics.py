@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -957,6 +957,15 @@ def score_frames(frames: np.ndarray, caption: str | None = None, stated: dict | 
 
 
 # ==================================================================== aggregates
+def law_medians(results: list[dict], laws: Sequence[str] = MEDIAN_METRICS) -> dict[str, float | None]:
+    """Median of each law's continuous value over scored videos (None when no video measured it)."""
+    medians: dict[str, float | None] = {}
+    for name in laws:
+        values = [float(r["laws"][name]["value"]) for r in results if (r.get("laws") or {}).get(name, {}).get("value") is not None]
+        medians[name] = float(np.median(values)) if values else None
+    return medians
+
+
 def aggregate(results: list[dict]) -> dict:
     """SA / PC / Joint / dynamic as percentages, overall and per family, with metric medians."""
 
@@ -965,10 +974,7 @@ def aggregate(results: list[dict]) -> dict:
         if n == 0:
             return {"n": 0, "SA": None, "PC": None, "Joint": None, "dynamic": None, "medians": {}}
         pct = lambda key: 100.0 * sum(1 for r in items if r[key]) / n  # noqa: E731
-        medians = {}
-        for name in MEDIAN_METRICS:
-            values = [r["laws"][name]["value"] for r in items if r["laws"].get(name, {}).get("value") is not None]
-            medians[name] = float(np.median(values)) if values else None
+        medians = law_medians(items)
         law_rates = {name: 100.0 * sum(1 for r in items if r["laws"][name]["pass"] is not False) / n for name in LAWS}
         return {"n": n, "SA": pct("SA"), "PC": pct("PC"), "Joint": pct("Joint"), "dynamic": pct("dynamic"),
                 "medians": medians, "law_pass_rates": law_rates}

@@ -86,6 +86,7 @@ def demo(
     """Run every arm for every training seed in `seeds`; world, captions and sampling noise are the
     same for all arms and seeds. Evaluation prompts come from the `split` world (test or ood)."""
     from lamo_cli.backbones import default_backbone, load_backbone
+    from lamo_cli.eval.physics import law_medians
     from lamo_cli.eval.stats import RESAMPLES, arm_stats
     from lamo_cli.fileio import write_json, write_text
     from lamo_cli.recipes import default_recipe_for, load_recipe
@@ -166,7 +167,7 @@ def demo(
     for name, rows in [(GROUND_TRUTH, truth)] + [(arm, passes[arm]) for arm, _, _ in ARMS]:
         stats = arm_stats({m: [row[m] for row in rows] for m in METRICS}, seed=0)
         summary.table.append({"arm": name, "n": stats["prompts"], **{m: stats[m]["mean"] for m in METRICS}, "stats": stats,
-                              "medians": law_medians(scored[name])})
+                              "medians": law_medians(scored[name], ERROR_LAWS)})
     summary.chart = _chart(summary.table, root / "comparison.png", backbone, seeds, split)
     summary.seconds = time.time() - started
     write_json(root / "demo.json", {
@@ -179,19 +180,6 @@ def demo(
         "stage_seconds": timings, "seconds": summary.seconds,
         "train_clips": train_clips, "test_prompts": test_prompts, "recipe": recipe})
     return summary
-
-
-
-def law_medians(videos: list[dict], laws: Sequence[str] = ERROR_LAWS) -> dict[str, float | None]:
-    """Median of each law's continuous error over scored videos (None when no video measured it):
-    finer-grained than pass rates when few videos pass."""
-    import numpy as np
-
-    medians: dict[str, float | None] = {}
-    for law in laws:
-        values = [float(v["laws"][law]["value"]) for v in videos if (v.get("laws") or {}).get(law, {}).get("value") is not None]
-        medians[law] = float(np.median(values)) if values else None
-    return medians
 
 
 def finished_run(run_dir: Path) -> bool:

@@ -25,10 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from lamo_cli.errors import LamoError
-from lamo_cli.stages.demo import ERROR_LAWS
+from lamo_cli.stages.demo import ERROR_LAWS, METRICS as PASS_METRICS
 
 KNOBS = ("drift-weight", "guidance-scale", "guidance-window", "field-tau")
-PASS_METRICS = ("SA", "PC", "Joint", "dynamic")
 
 
 @dataclass
@@ -87,7 +86,8 @@ def sweep(
 ) -> SweepSummary:
     from lamo_cli.eval.stats import arm_stats
     from lamo_cli.fileio import write_json
-    from lamo_cli.stages.demo import recipe_options, generated_index, pass_row, finished_prior, finished_run, law_medians, parse_seeds
+    from lamo_cli.eval.physics import law_medians
+    from lamo_cli.stages.demo import recipe_options, generated_index, pass_row, finished_prior, finished_run, parse_seeds
     from lamo_cli.stages.evaluate import evaluate
     from lamo_cli.stages.finetune import finetune
     from lamo_cli.stages.fit_prior import fit_prior
@@ -146,7 +146,7 @@ def sweep(
             videos_scored.extend(report.videos)
         stats = arm_stats({m: [row[m] for row in rows] for m in PASS_METRICS}, seed=0)
         summary.rows.append({"value": value, "n": stats["prompts"], "stats": stats,
-                             "medians": law_medians(videos_scored)})
+                             "medians": law_medians(videos_scored, ERROR_LAWS)})
     summary.chart = _chart(summary, demo)
     summary.seconds = time.time() - started
     write_json(sweep_dir / "sweep.json", {
