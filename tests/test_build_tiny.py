@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from lamo_cli.backbones import load_backbone
 from lamo_cli.backbones.cogvideox import TINY_FORMAT
 from lamo_cli.cli import app
-from lamo_cli.stages.build_tiny import _foreground, _motion_loss
+from lamo_cli.stages.build_tiny import _foreground, _moment_loss, _motion_loss, colour_memberships
 
 
 def test_foreground_mask_marks_non_background_pixels():
@@ -41,10 +41,47 @@ def test_motion_loss_by_hand_and_against_a_smear():
     assert torch.isclose(_motion_loss(still, target, foreground_weight=30.0), torch.tensor(expected))
 
 
+def _frames_rgb(rgb_frames) -> torch.Tensor:
+    """[F, H, W, 3] RGB 0-255 -> [1, 3, F, H, W] in [-1, 1] (the VAE's input)."""
+    return torch.from_numpy(np.asarray(rgb_frames, dtype=np.float32)).permute(3, 0, 1, 2)[None] / 127.5 - 1.0
+
+
+def test_colour_memberships_read_coverage_of_a_disc_edge():
+    """An edge pixel that is a 30% blend of red over the background has red membership 0.3 (as the
+    tracker reads it), the background and a floor/background edge have none, and other colours none."""
+    from lamo_cli.data.world import BACKGROUND, COLOUR_NAMES, FLOOR_COLOUR, PALETTE
+
+    red, bg = np.array(PALETTE["red"], float), np.array(BACKGROUND, float)
+    floor_edge = 0.5 * np.array(FLOOR_COLOUR, float) + 0.5 * bg
+    pixels = [[red, 0.3 * red + 0.7 * bg, bg, floor_edge]]  # one frame, 1 x 4 pixels
+    m = colour_memberships(_frames_rgb([pixels]))  # [1, K, 1, 1, 4]
+    k = COLOUR_NAMES.index("red")
+    assert torch.allclose(m[0, k, 0, 0], torch.tensor([1.0, 0.3, 0.0, 0.0]), atol=1e-5)
+    others = [i for i in range(len(COLOUR_NAMES)) if i != k]
+    assert float(m[0, others, 0, 0, :3].abs().max()) < 1e-5
+
+
+def test_moment_loss_by_hand():
+    """A 2x2 red square on a 6x6 background. Shifted right by one pixel: the centroid moves 1 px and
+    area and spread stay, so the loss is 1 px / (6 colours) on one present colour. Faded to half its
+    colour: the area halves: |2 - 4| / (4 + 4) / 6, centroid and spread unchanged."""
+    from lamo_cli.data.world import BACKGROUND, PALETTE
+
+    def square(x0, strength=1.0):
+        img = np.tile(np.array(BACKGROUND, float), (6, 6, 1))
+        img[2:4, x0 : x0 + 2] = strength * np.array(PALETTE["red"], float) + (1 - strength) * img[2:4, x0 : x0 + 2]
+        return img
+
+    target = _frames_rgb([square(1)])
+    assert float(_moment_loss(target, target)) < 1e-3  # sqrt(1e-6) floors inside the norms
+    assert abs(float(_moment_loss(_frames_rgb([square(2)]), target)) - 1.0 / 6) < 2e-3
+    assert abs(float(_moment_loss(_frames_rgb([square(1, 0.5)]), target)) - (2.0 / 8) / 6) < 2e-3
+
+
 def test_build_tiny_toy_scale(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "build"
-    args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--motion-steps", "2", "--decoder-steps", "2", "--transformer-steps", "2",
+    args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--motion-steps", "2", "--moment-weight", "0.5", "--decoder-steps", "2", "--transformer-steps", "2",
             "--transformer-batch-size", "2", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -60,6 +97,10 @@ def test_build_tiny_toy_scale(tmp_path):
     first = load_file(str(out / "vae-train" / "checkpoints" / "step-000002" / "weights.safetensors"))
     base = load_file(str(out / "vae-motion" / "checkpoints" / "step-000002" / "weights.safetensors"))
     assert not all(torch.equal(first[k], base[k]) for k in first if k.startswith("encoder."))
+    # the motion and decoder phases trained with the moment loss, the base phase without
+    for phase, on in (("vae-train", False), ("vae-motion", True), ("vae-decoder", True)):
+        rows = [json.loads(line) for line in (out / phase / "metrics.jsonl").read_text().splitlines()]
+        assert all((r["moment"] > 0) == on for r in rows if "moment" in r) and any("moment" in r for r in rows)
     shipped_vae = backbone.vae.state_dict()
     encoder = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
     decoder = [k for k in base if k.startswith("decoder.")]

@@ -17,6 +17,7 @@ def command(
     vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 5000,
     motion_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the whole VAE with the frame-difference loss (0 = skip, as the shipped tiny).")] = 0,
     motion_weight: Annotated[float, typer.Option(help="Weight of the frame-difference loss (the motion phase, and the decoder phase after it).")] = 1.0,
+    moment_weight: Annotated[float, typer.Option(help="Weight of the moment loss (per colour: area, centroid and spread of the discs) in the motion and decoder phases (0 = off, as the shipped tiny).")] = 0.0,
     decoder_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the VAE decoder alone on noisy latents (0 = skip).")] = 800,
     transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 6000,
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
@@ -30,7 +31,7 @@ def command(
     from lamo_cli.stages.build_tiny import build_tiny
 
     summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, motion_steps=motion_steps,
-                         motion_weight=motion_weight, decoder_steps=decoder_steps, transformer_steps=transformer_steps,
+                         motion_weight=motion_weight, moment_weight=moment_weight, decoder_steps=decoder_steps, transformer_steps=transformer_steps,
                          transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
                          transformer_ema_decay=transformer_ema_decay, install=install, progress=progress)
     for phase, state in summary.phases.items():

@@ -60,6 +60,7 @@ def train_vae(
     kl_weight: float = 1e-6,
     foreground_weight: float = 30.0,
     motion_weight: float = 0.0,
+    moment_weight: float = 0.0,
     save_every: int = 200,
     seed: int = 0,
     decoder_only: bool = False,
@@ -83,7 +84,11 @@ def train_vae(
     moves fast inside one latent frame (4 frames) is cheapest drawn at all its positions at once:
     the smear that broke the smoothness, size and teleport checks of the first tiny. Matching
     x[t] - x[t-1] makes a smear (zero difference inside the group) expensive; discs can still fade
-    in some frames (docs/RESULTS.md), which is why it is off by default."""
+    in some frames (docs/RESULTS.md), which is why it is off by default.
+
+    `moment_weight` > 0 adds `_moment_loss`: per frame and palette colour, the area, centroid and
+    spread of the reconstruction's colour membership must match the target's. It prices fading,
+    splitting and lagging discs directly, in the tracker's own terms."""
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
@@ -151,6 +156,10 @@ def train_vae(
         if motion_weight > 0:
             motion = _motion_loss(recon, x, foreground_weight)
             loss = loss + motion_weight * motion
+        moment = torch.zeros(())
+        if moment_weight > 0:
+            moment = _moment_loss(recon, x)
+            loss = loss + moment_weight * moment
         schedule.apply(optimizer, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,7 +167,7 @@ def train_vae(
         optimizer.step()
         l1 = float(l1_t.detach())
         log.write({"step": step + 1, "l1": l1, "weighted_l1": float(weighted.detach()), "kl": float(kl.detach()),
-                   "motion": float(motion.detach()), "lr": schedule.lr_at(step)})
+                   "motion": float(motion.detach()), "moment": float(moment.detach()), "lr": schedule.lr_at(step)})
         if bar is not None:
             bar.set_postfix(l1=f"{l1:.4f}")
             bar.update(1)
@@ -178,6 +187,60 @@ def _motion_loss(recon: torch.Tensor, target: torch.Tensor, foreground_weight: f
     d_target = target[:, :, 1:] - target[:, :, :-1]
     weight = 1.0 + foreground_weight * (d_target.abs().amax(dim=1, keepdim=True) > threshold).to(target.dtype)
     return ((d_recon - d_target).abs() * weight).sum() / (weight.sum() * target.shape[1])
+
+
+def colour_memberships(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable soft membership [B, K, F, H, W] of each pixel of x ([B, 3, F, H, W] in [-1, 1])
+    to each palette colour: the pixel read as the blend c * colour + (1 - c) * background (c clipped
+    to [0, 1]), faded out when the pixel lies far off that blend. An anti-aliased disc edge gets its
+    coverage, as in the tracker, so the moments below measure what the law checks measure."""
+    from lamo_cli.data.world import BACKGROUND, COLOUR_NAMES, PALETTE, SCENE_COLOURS
+
+    rgb = (x + 1.0) * 127.5  # the tracker's units
+
+    def blend(a, b):  # (coverage of a, RGB distance from the a-b blend line)
+        a = torch.tensor(a, dtype=x.dtype).view(1, 3, 1, 1, 1)
+        b = torch.tensor(b, dtype=x.dtype).view(1, 3, 1, 1, 1)
+        c = (((rgb - b) * (a - b)).sum(1) / ((a - b) ** 2).sum()).clamp(0.0, 1.0)
+        return c, (rgb - b - c[:, None] * (a - b)).norm(dim=1)
+
+    # Pixels on a blend of two scene colours (floor, ramp and occluder edges) belong to no disc.
+    scene = list(SCENE_COLOURS.values())
+    not_scene = torch.ones_like(rgb[:, 0])
+    for i in range(len(scene)):
+        for j in range(i + 1, len(scene)):
+            not_scene = not_scene * ((blend(scene[i], scene[j])[1] - 6.0) / 6.0).clamp(0.0, 1.0)
+    out = []
+    for name in COLOUR_NAMES:
+        c, off_line = blend(PALETTE[name], BACKGROUND)
+        out.append(c * (1.0 - (off_line - 8.0) / 16.0).clamp(0.0, 1.0) * not_scene)
+    return torch.stack(out, dim=1)
+
+
+def _moment_loss(recon: torch.Tensor, target: torch.Tensor, min_area: float = 2.0) -> torch.Tensor:
+    """Per frame and palette colour, match the membership's area, centroid and spread (second
+    central moment) between reconstruction and target, in pixels: what the tracker reads. L1 on
+    pixels lets a fast disc fade (lower area), split (spread) or lag (centroid) at little cost; these
+    terms price exactly those. Colours absent from the target are priced by their area alone."""
+    m_r, m_t = colour_memberships(recon), colour_memberships(target)
+    h, w = target.shape[-2:]
+    ys = torch.arange(h, dtype=target.dtype).view(h, 1)
+    xs = torch.arange(w, dtype=target.dtype).view(1, w)
+
+    def moments(m):
+        area = m.sum((-2, -1))
+        safe = area.clamp_min(1e-3)
+        cy, cx = (m * ys).sum((-2, -1)) / safe, (m * xs).sum((-2, -1)) / safe
+        spread = (m * ((ys - cy[..., None, None]) ** 2 + (xs - cx[..., None, None]) ** 2)).sum((-2, -1)) / safe
+        return area, cy, cx, spread
+
+    a_r, y_r, x_r, s_r = moments(m_r)
+    a_t, y_t, x_t, s_t = moments(m_t)
+    present = (a_t > min_area).to(target.dtype)
+    area_term = (a_r - a_t).abs() / (a_t + 4.0)
+    centroid = torch.sqrt((y_r - y_t) ** 2 + (x_r - x_t) ** 2 + 1e-6)
+    spread = (torch.sqrt(s_r + 1e-6) - torch.sqrt(s_t + 1e-6)).abs()
+    return (area_term + present * (centroid + spread)).mean()
 
 
 def _foreground(x: torch.Tensor, threshold: float = 0.08) -> torch.Tensor:
@@ -213,6 +276,7 @@ def build_tiny(
     vae_lr: float = 1e-3,
     motion_steps: int = 0,
     motion_weight: float = 1.0,
+    moment_weight: float = 0.0,
     decoder_steps: int = 800,
     decoder_latent_noise: float = 0.4,
     transformer_steps: int = 6000,
@@ -254,12 +318,14 @@ def build_tiny(
         last_dir = vae_dir
         if motion_steps > 0:
             trained = train_vae(world_dir, out / "vae-motion", steps=motion_steps, batch_size=vae_batch_size, lr=0.5 * vae_lr, warmup=50,
-                                motion_weight=motion_weight, save_every=save_every, seed=seed, init_from=latest_checkpoint(last_dir),
+                                motion_weight=motion_weight, moment_weight=moment_weight, save_every=save_every, seed=seed,
+                                init_from=latest_checkpoint(last_dir),
                                 progress=progress)
             last_dir = out / "vae-motion"
         if decoder_steps > 0:
             trained = train_vae(world_dir, out / "vae-decoder", steps=decoder_steps, batch_size=vae_batch_size, lr=0.3 * vae_lr, warmup=20,
-                                motion_weight=motion_weight if motion_steps > 0 else 0.0, save_every=save_every, seed=seed, decoder_only=True,
+                                motion_weight=motion_weight if motion_steps > 0 else 0.0, moment_weight=moment_weight,
+                                save_every=save_every, seed=seed, decoder_only=True,
                                 latent_noise=decoder_latent_noise, init_from=latest_checkpoint(last_dir), progress=progress)
         vae = trained["vae"]
         summary.vae_l1 = trained["l1"]
