@@ -116,3 +116,27 @@ def test_build_tiny_toy_scale(tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "skipped (exists)" in again.output
+
+
+def test_build_tiny_with_2x_temporal_compression(tmp_path):
+    """--temporal-compression 2: the same classes, 33 frames -> 17 latent frames, saved and reloaded
+    with that format; the generic folder loader reads it back from the VAE config."""
+    torch.set_num_threads(1)
+    out = tmp_path / "build2"
+    args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "1", "--decoder-steps", "0", "--temporal-compression", "2",
+            "--transformer-steps", "1", "--transformer-batch-size", "2", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    backbone = load_backbone(out / "model", device="cpu")
+    assert backbone.video_format.temporal_compression == 2 and backbone.video_format.latent_frames == 17
+    with torch.no_grad():
+        mean, _ = backbone.encode_video(np.zeros((1, 33, 64, 64, 3), dtype=np.uint8))
+        assert mean.shape == (1, 17, 8, 16, 16)
+        assert backbone.decode_latents(mean * backbone.scaling_factor).shape == (1, 33, 64, 64, 3)
+
+
+def test_build_tiny_rejects_other_temporal_compression(tmp_path):
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), "--temporal-compression", "3", "--no-progress"])
+    assert result.exit_code != 0
+    assert "--temporal-compression 3" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()

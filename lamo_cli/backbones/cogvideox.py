@@ -7,6 +7,7 @@ the VAE never holds the transformer in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -488,11 +489,22 @@ def tiny_random_components(rope: bool = False) -> dict[str, Any]:
 TINY_TEXT_LEN = 32  # word tokens: the longest world caption is 22 words and a comma
 
 
-def tiny_untrained_components(text_length: int = TINY_TEXT_LEN) -> dict[str, Any]:
-    """The `tiny` architecture before training: a 3-block VAE (4x spatial, 4x temporal, 8 latent
+TINY_TEMPORAL_CHOICES = (2, 4)  # 33 frames -> 17 or 9 latent frames (the drift needs >= 8)
+
+
+def tiny_format(temporal_compression: int = 4) -> VideoFormat:
+    """The `tiny` clip format with 4x (shipped) or 2x temporal compression."""
+    if temporal_compression not in TINY_TEMPORAL_CHOICES:
+        raise ValueError(f"temporal compression {temporal_compression} is not one of {TINY_TEMPORAL_CHOICES}")
+    return dataclasses.replace(TINY_FORMAT, temporal_compression=temporal_compression)
+
+
+def tiny_untrained_components(text_length: int = TINY_TEXT_LEN, temporal_compression: int = 4) -> dict[str, Any]:
+    """The `tiny` architecture before training: a 3-block VAE (4x spatial, 4x or 2x temporal, 8 latent
     channels), a small frozen random T5 over caption words, and a 4-layer transformer (2B-style sincos)."""
-    return _small_components(TINY_FORMAT, TINY_RANDOM_SEED + 1, vae_blocks=(32, 32, 64), latent_channels=8, text_dim=64,
-                             heads=4, head_dim=48, layers=4, time_dim=128, text_length=text_length, rope=False, word_level=True)
+    return _small_components(tiny_format(temporal_compression), TINY_RANDOM_SEED + 1, vae_blocks=(32, 32, 64), latent_channels=8,
+                             text_dim=64, heads=4, head_dim=48, layers=4, time_dim=128, text_length=text_length, rope=False,
+                             word_level=True)
 
 
 def world_word_tokenizer():

@@ -66,6 +66,7 @@ def train_vae(
     decoder_only: bool = False,
     latent_noise: float = 0.0,
     init_from: str | os.PathLike | None = None,
+    temporal_compression: int = 4,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
@@ -103,7 +104,7 @@ def train_vae(
     )
 
     out = Path(out)
-    vae = tiny_untrained_components()["vae"].train()
+    vae = tiny_untrained_components(temporal_compression=temporal_compression)["vae"].train()
     encoder_side = ("encoder.", "quant_conv.")
     trained = [p for name, p in vae.named_parameters() if not (decoder_only and name.startswith(encoder_side))]
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=1e-4)
@@ -279,6 +280,7 @@ def build_tiny(
     moment_weight: float = 0.0,
     decoder_steps: int = 800,
     decoder_latent_noise: float = 0.4,
+    temporal_compression: int = 4,
     transformer_steps: int = 6000,
     transformer_batch_size: int = 8,
     transformer_lr: float = 5e-4,
@@ -289,12 +291,13 @@ def build_tiny(
     install: bool = False,
     progress: bool = True,
 ) -> BuildTinySummary:
-    from lamo_cli.backbones.cogvideox import LAMO_META_FILE, TINY_FORMAT, TINY_WEIGHTS, CogVideoXBackbone, tiny_untrained_components
+    from lamo_cli.backbones.cogvideox import LAMO_META_FILE, TINY_WEIGHTS, CogVideoXBackbone, tiny_format, tiny_untrained_components
     from lamo_cli.data.world import write_world
     from lamo_cli.fileio import write_json
     from lamo_cli.stages.encode import encode
     from lamo_cli.stages.finetune import finetune
 
+    fmt = tiny_format(temporal_compression)  # fails before any work on a bad value
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)
@@ -305,7 +308,7 @@ def build_tiny(
     if (world_dir / "metadata.jsonl").is_file():
         summary.phases["world"] = "skipped (exists)"
     else:
-        write_world(world_dir, clips, split="train", seed=seed, num_frames=TINY_FORMAT.num_frames, size=TINY_FORMAT.height)
+        write_world(world_dir, clips, split="train", seed=seed, num_frames=fmt.num_frames, size=fmt.height)
         summary.phases["world"] = "done"
 
     # 2-3. VAE, then the model folder around it
@@ -314,26 +317,26 @@ def build_tiny(
     else:
         from lamo_cli.training import latest_checkpoint
 
-        trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, progress=progress)
+        shape = {"temporal_compression": temporal_compression, "progress": progress}
+        trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, **shape)
         last_dir = vae_dir
         if motion_steps > 0:
             trained = train_vae(world_dir, out / "vae-motion", steps=motion_steps, batch_size=vae_batch_size, lr=0.5 * vae_lr, warmup=50,
                                 motion_weight=motion_weight, moment_weight=moment_weight, save_every=save_every, seed=seed,
-                                init_from=latest_checkpoint(last_dir),
-                                progress=progress)
+                                init_from=latest_checkpoint(last_dir), **shape)
             last_dir = out / "vae-motion"
         if decoder_steps > 0:
             trained = train_vae(world_dir, out / "vae-decoder", steps=decoder_steps, batch_size=vae_batch_size, lr=0.3 * vae_lr, warmup=20,
                                 motion_weight=motion_weight if motion_steps > 0 else 0.0, moment_weight=moment_weight,
                                 save_every=save_every, seed=seed, decoder_only=True,
-                                latent_noise=decoder_latent_noise, init_from=latest_checkpoint(last_dir), progress=progress)
+                                latent_noise=decoder_latent_noise, init_from=latest_checkpoint(last_dir), **shape)
         vae = trained["vae"]
         summary.vae_l1 = trained["l1"]
         factor = summary.scaling_factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
         vae.register_to_config(scaling_factor=factor)
-        parts = tiny_untrained_components()
+        parts = tiny_untrained_components(temporal_compression=temporal_compression)
         parts["vae"] = vae
-        backbone = CogVideoXBackbone("tiny", parts.__getitem__, TINY_FORMAT, "cpu")
+        backbone = CogVideoXBackbone("tiny", parts.__getitem__, fmt, "cpu")
         tmp = model_dir.with_name(model_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         backbone.save(tmp)
