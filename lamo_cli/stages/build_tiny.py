@@ -196,6 +196,7 @@ def colour_memberships(x: torch.Tensor) -> torch.Tensor:
     to [0, 1]), faded out when the pixel lies far off that blend. An anti-aliased disc edge gets its
     coverage, as in the tracker, so the moments below measure what the law checks measure."""
     from lamo_cli.data.world import BACKGROUND, COLOUR_NAMES, PALETTE, SCENE_COLOURS
+    from lamo_cli.eval.tracker import RESIDUAL_FADE, RESIDUAL_FULL, SCENE_PRUNE
 
     rgb = (x + 1.0) * 127.5  # the tracker's units
 
@@ -210,11 +211,11 @@ def colour_memberships(x: torch.Tensor) -> torch.Tensor:
     not_scene = torch.ones_like(rgb[:, 0])
     for i in range(len(scene)):
         for j in range(i + 1, len(scene)):
-            not_scene = not_scene * ((blend(scene[i], scene[j])[1] - 6.0) / 6.0).clamp(0.0, 1.0)
+            not_scene = not_scene * ((blend(scene[i], scene[j])[1] - SCENE_PRUNE) / SCENE_PRUNE).clamp(0.0, 1.0)
     out = []
     for name in COLOUR_NAMES:
         c, off_line = blend(PALETTE[name], BACKGROUND)
-        out.append(c * (1.0 - (off_line - 8.0) / 16.0).clamp(0.0, 1.0) * not_scene)
+        out.append(c * (1.0 - (off_line - RESIDUAL_FULL) / RESIDUAL_FADE).clamp(0.0, 1.0) * not_scene)
     return torch.stack(out, dim=1)
 
 
