@@ -495,7 +495,9 @@ TINY_TEMPORAL_CHOICES = (2, 4)  # 33 frames -> 17 or 9 latent frames (the drift 
 def tiny_format(temporal_compression: int = 4) -> VideoFormat:
     """The `tiny` clip format with 4x (shipped) or 2x temporal compression."""
     if temporal_compression not in TINY_TEMPORAL_CHOICES:
-        raise ValueError(f"temporal compression {temporal_compression} is not one of {TINY_TEMPORAL_CHOICES}")
+        from lamo_cli.errors import LamoError
+
+        raise LamoError(f"--temporal-compression {temporal_compression}: use 4 (as the shipped tiny) or 2")
     return dataclasses.replace(TINY_FORMAT, temporal_compression=temporal_compression)
 
 
