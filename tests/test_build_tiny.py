@@ -113,6 +113,8 @@ def test_build_tiny_toy_scale(tmp_path):
     assert shipped.keys() == trained.keys() and all(torch.equal(shipped[k], trained[k]) for k in shipped)
     run = json.loads((out / "transformer-run" / "run.json").read_text())
     assert run["settings"]["full"] is True and run["settings"]["drift_weight"] == 0.0
+    build = json.loads((out / "build.json").read_text())
+    assert build["temporal_compression"] == 4 and build["vae_small_crop_steps"] == 0 and build["moment_weight"] == 0.5
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "skipped (exists)" in again.output
@@ -140,3 +142,25 @@ def test_build_tiny_rejects_other_temporal_compression(tmp_path):
     assert result.exit_code != 0
     assert "--temporal-compression 3" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_train_vae_small_crop_steps_then_whole_frames(tmp_path, monkeypatch):
+    """`small_crop_steps`: the first steps see 32x32 crops of the 64x64 world, the later ones whole frames."""
+    import lamo_cli.backbones.cogvideox as cv
+    from lamo_cli.data.world import write_world
+    from lamo_cli.stages.build_tiny import train_vae
+
+    torch.set_num_threads(1)
+    write_world(tmp_path / "world", 2, split="train", seed=0, num_frames=9, size=64)
+    seen = []
+    make = cv.tiny_untrained_components
+
+    def recording(**kwargs):
+        parts = make(**kwargs)
+        encode = parts["vae"].encode
+        parts["vae"].encode = lambda x, *a, **k: seen.append(tuple(x.shape[-2:])) or encode(x, *a, **k)
+        return parts
+
+    monkeypatch.setattr(cv, "tiny_untrained_components", recording)
+    train_vae(tmp_path / "world", tmp_path / "vae", steps=3, small_crop_steps=2, save_every=10, progress=False)
+    assert seen[:3] == [(32, 32), (32, 32), (64, 64)]  # (then the whole-clip check at the end)

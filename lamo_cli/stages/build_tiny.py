@@ -55,6 +55,7 @@ def train_vae(
     batch_size: int = 2,
     window_frames: int = 9,  # 8k+1: the CogVideoX VAE decodes back the same count only then
     crop: int = 64,
+    small_crop_steps: int = 0,
     lr: float = 1e-3,
     warmup: int = 100,
     kl_weight: float = 1e-6,
@@ -72,7 +73,8 @@ def train_vae(
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
     resumes from `out/checkpoints`, else starts from checkpoint `init_from` or from scratch. Crops
     smaller than the frame are cheaper but were seen to drop the floor band at the frame's edge, so
-    the default is the whole 64x64 frame.
+    the default is the whole 64x64 frame. `small_crop_steps`: the first steps on crops of half the
+    frame (a cheap start from scratch), the rest on `crop`.
 
     `decoder_only` + `latent_noise`: fine-tune the decoder alone on posterior means plus Gaussian
     noise of a std drawn uniformly in [0, latent_noise] (in units of the latent's own std). A
@@ -125,12 +127,13 @@ def train_vae(
     l1 = float("nan")
     for step in range(start, steps):
         gen = seeded_generator(seed, "vae-batch", step)  # a pure function of the step: resume is exact
+        size = clips.shape[2] // 2 if step < small_crop_steps else crop
         pick = torch.randint(0, clips.shape[0], (batch_size,), generator=gen)
         first = torch.randint(0, clips.shape[1] - window_frames + 1, (batch_size,), generator=gen)
-        top = torch.randint(0, clips.shape[2] - crop + 1, (batch_size,), generator=gen).tolist()
-        left = torch.randint(0, clips.shape[3] - crop + 1, (batch_size,), generator=gen).tolist()
+        top = torch.randint(0, clips.shape[2] - size + 1, (batch_size,), generator=gen).tolist()
+        left = torch.randint(0, clips.shape[3] - size + 1, (batch_size,), generator=gen).tolist()
         x = torch.stack([
-            clips[i, f : f + window_frames, y : y + crop, x0 : x0 + crop]
+            clips[i, f : f + window_frames, y : y + size, x0 : x0 + size]
             for i, f, y, x0 in zip(pick.tolist(), first.tolist(), top, left)
         ])
         x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
@@ -274,6 +277,7 @@ def build_tiny(
     clips: int = 600,
     seed: int = 0,
     vae_steps: int = 5000,
+    vae_small_crop_steps: int = 0,
     vae_batch_size: int = 2,
     vae_lr: float = 1e-3,
     motion_steps: int = 0,
@@ -319,7 +323,8 @@ def build_tiny(
         from lamo_cli.training import latest_checkpoint
 
         shape = {"temporal_compression": temporal_compression, "progress": progress}
-        trained = train_vae(world_dir, vae_dir, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, save_every=save_every, seed=seed, **shape)
+        trained = train_vae(world_dir, vae_dir, steps=vae_steps, small_crop_steps=vae_small_crop_steps, batch_size=vae_batch_size, lr=vae_lr,
+                            save_every=save_every, seed=seed, **shape)
         last_dir = vae_dir
         if motion_steps > 0:
             trained = train_vae(world_dir, out / "vae-motion", steps=motion_steps, batch_size=vae_batch_size, lr=0.5 * vae_lr, warmup=50,
@@ -375,8 +380,9 @@ def build_tiny(
     shutil.rmtree(model_dir / "transformer")
     shutil.copytree(trained_transformer, model_dir / "transformer")
     summary.phases["transformer"] = "done"
-    write_json(out / "build.json", {"clips": clips, "seed": seed, "vae_steps": vae_steps, "motion_steps": motion_steps,
-                                    "motion_weight": motion_weight, "decoder_steps": decoder_steps,
+    write_json(out / "build.json", {"clips": clips, "seed": seed, "temporal_compression": temporal_compression, "vae_steps": vae_steps,
+                                    "vae_small_crop_steps": vae_small_crop_steps, "motion_steps": motion_steps,
+                                    "motion_weight": motion_weight, "moment_weight": moment_weight, "decoder_steps": decoder_steps,
                                     "decoder_latent_noise": decoder_latent_noise, "transformer_steps": transformer_steps,
                                     "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr,
                                     "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay})
