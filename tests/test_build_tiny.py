@@ -4,6 +4,7 @@ and a rerun skips what is done."""
 import json
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -125,8 +126,8 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
     with that format; the generic folder loader reads it back from the VAE config."""
     torch.set_num_threads(1)
     out = tmp_path / "build2"
-    args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "1", "--decoder-steps", "0", "--temporal-compression", "2",
-            "--transformer-steps", "1", "--transformer-batch-size", "2", "--no-progress"]
+    args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "1", "--vae-batch-size", "3", "--decoder-steps", "0",
+            "--temporal-compression", "2", "--transformer-steps", "1", "--transformer-batch-size", "2", "--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     backbone = load_backbone(out / "model", device="cpu")
@@ -135,6 +136,33 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
         mean, _ = backbone.encode_video(np.zeros((1, 33, 64, 64, 3), dtype=np.uint8))
         assert mean.shape == (1, 17, 8, 16, 16)
         assert backbone.decode_latents(mean * backbone.scaling_factor).shape == (1, 33, 64, 64, 3)
+
+
+@pytest.mark.parametrize("option, fragment", [
+    (["--device", "tpu9"], "--device 'tpu9'"),
+    (["--vae-batch-size", "0"], "--vae-batch-size 0"),
+])
+def test_build_tiny_rejects_bad_device_and_batch(tmp_path, option, fragment):
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), *option, "--no-progress"])
+    assert result.exit_code != 0
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_resolve_device(monkeypatch):
+    from lamo_cli.backbones.cogvideox import resolve_device
+    from lamo_cli.errors import LamoError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for bad, says in (("cuda", "no CUDA device"), ("gpu", "not a device")):
+        with pytest.raises(LamoError, match=says):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(LamoError, match="only 2 CUDA"):
+        resolve_device("cuda:2")
 
 
 def test_build_tiny_rejects_other_temporal_compression(tmp_path):
@@ -152,15 +180,16 @@ def test_train_vae_small_crop_steps_then_whole_frames(tmp_path, monkeypatch):
 
     torch.set_num_threads(1)
     write_world(tmp_path / "world", 2, split="train", seed=0, num_frames=9, size=64)
-    seen = []
+    seen, batches = [], []
     make = cv.tiny_untrained_components
 
     def recording(**kwargs):
         parts = make(**kwargs)
         encode = parts["vae"].encode
-        parts["vae"].encode = lambda x, *a, **k: seen.append(tuple(x.shape[-2:])) or encode(x, *a, **k)
+        parts["vae"].encode = lambda x, *a, **k: seen.append(tuple(x.shape[-2:])) or batches.append(x.shape[0]) or encode(x, *a, **k)
         return parts
 
     monkeypatch.setattr(cv, "tiny_untrained_components", recording)
-    train_vae(tmp_path / "world", tmp_path / "vae", steps=3, small_crop_steps=2, save_every=10, progress=False)
-    assert seen[:3] == [(32, 32), (32, 32), (64, 64)]  # (then the whole-clip check at the end)
+    result = train_vae(tmp_path / "world", tmp_path / "vae", steps=3, small_crop_steps=2, save_every=10, batch_size=3, device="cpu", progress=False)
+    assert seen[:3] == [(32, 32), (32, 32), (64, 64)] and batches[:3] == [3, 3, 3]
+    assert next(result["vae"].parameters()).device.type == "cpu"  # (then the whole-clip check at the end)

@@ -288,6 +288,21 @@ def registered_backbones() -> list[str]:
     return ["tiny", "tiny-random", *HUB_IDS]
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for (default: CUDA when present, else the CPU), or a one-line LamoError."""
+    if device is None or str(device) == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LamoError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LamoError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise LamoError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return resolved
+
+
 def load_backbone(
     spec: str | os.PathLike = "tiny-random",
     device: str | torch.device | None = None,
@@ -298,7 +313,7 @@ def load_backbone(
     dtype defaults to float32 on CPU (bf16 is ~15x slower there) and bf16 on GPU for the real
     models (fp16 turns 5B videos black).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     spec_str = str(spec)
     if spec_str == "tiny-random":
         return CogVideoXBackbone(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from lamo_cli.commands._common import console, handle_errors
+from lamo_cli.errors import LamoError
 
 
 @handle_errors
@@ -15,6 +16,7 @@ def command(
     clips: Annotated[int, typer.Option(help="Physics-world training clips.")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the world and the training runs.")] = 0,
     vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 5000,
+    vae_batch_size: Annotated[int, typer.Option(help="VAE batch size (windows of 9 frames).")] = 2,
     vae_small_crop_steps: Annotated[int, typer.Option(help="The first of those steps on 32x32 crops (4x cheaper; the 2x-temporal VAE of docs/RESULTS.md used 1500 of 3000), the rest on whole frames.")] = 0,
     motion_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the whole VAE with the frame-difference loss (0 = skip, as the shipped tiny).")] = 0,
     motion_weight: Annotated[float, typer.Option(help="Weight of the frame-difference loss (the motion phase, and the decoder phase after it).")] = 1.0,
@@ -26,17 +28,20 @@ def command(
     transformer_lr: Annotated[float, typer.Option(help="Transformer peak learning rate (cosine decay after warm-up).")] = 5e-4,
     transformer_ema_decay: Annotated[float, typer.Option(help="Decay of the weight moving average that is saved (0 = off).")] = 0.999,
     install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="Device of the VAE and encode phases, e.g. cpu or cuda (default: cuda when present); the transformer phase trains where `lamo finetune` would.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Train the embedded `tiny` backbone from scratch on the physics world, on a CPU: world ->
     VAE -> encode -> transformer (-> install). Every phase resumes where a killed run stopped."""
+    if vae_batch_size < 1:
+        raise LamoError(f"--vae-batch-size {vae_batch_size}: must be at least 1")
     from lamo_cli.stages.build_tiny import build_tiny
 
-    summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, vae_small_crop_steps=vae_small_crop_steps, motion_steps=motion_steps,
+    summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_small_crop_steps=vae_small_crop_steps, motion_steps=motion_steps,
                          motion_weight=motion_weight, moment_weight=moment_weight, decoder_steps=decoder_steps,
                          temporal_compression=temporal_compression, transformer_steps=transformer_steps,
                          transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
-                         transformer_ema_decay=transformer_ema_decay, install=install, progress=progress)
+                         transformer_ema_decay=transformer_ema_decay, install=install, device=device, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

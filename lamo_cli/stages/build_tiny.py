@@ -68,6 +68,7 @@ def train_vae(
     latent_noise: float = 0.0,
     init_from: str | os.PathLike | None = None,
     temporal_compression: int = 4,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
@@ -91,7 +92,11 @@ def train_vae(
 
     `moment_weight` > 0 adds `_moment_loss`: per frame and palette colour, the area, centroid and
     spread of the reconstruction's colour membership must match the target's. It prices fading,
-    splitting and lagging discs directly, in the tracker's own terms."""
+    splitting and lagging discs directly, in the tracker's own terms.
+
+    `device`: where to train (default: the CPU). Batches and noise are drawn on the CPU from the
+    step's seed either way, so a run is the same sequence of samples on any device; the returned
+    VAE is on the CPU."""
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
@@ -106,7 +111,8 @@ def train_vae(
     )
 
     out = Path(out)
-    vae = tiny_untrained_components(temporal_compression=temporal_compression)["vae"].train()
+    dev = torch.device(device or "cpu")
+    vae = tiny_untrained_components(temporal_compression=temporal_compression)["vae"].to(dev).train()
     encoder_side = ("encoder.", "quant_conv.")
     trained = [p for name, p in vae.named_parameters() if not (decoder_only and name.startswith(encoder_side))]
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=1e-4)
@@ -136,15 +142,15 @@ def train_vae(
             clips[i, f : f + window_frames, y : y + size, x0 : x0 + size]
             for i, f, y, x0 in zip(pick.tolist(), first.tolist(), top, left)
         ])
-        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        x = x.to(dev).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         if decoder_only:
             with torch.no_grad():
                 posterior = vae.encode(x).latent_dist
             sigma = latent_noise * latent_std * torch.rand((batch_size, 1, 1, 1, 1), generator=gen)
-            z = posterior.mean + sigma * torch.randn(posterior.mean.shape, generator=gen)
+            z = posterior.mean + (sigma * torch.randn(posterior.mean.shape, generator=gen)).to(dev)
         else:
             posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(dev)
         recon = vae.decode(z).sample
         error = (recon - x).abs()
         l1_t = error.mean()
@@ -156,11 +162,11 @@ def train_vae(
         weighted = (error * weight).sum() / (weight.sum() * x.shape[1])
         kl = posterior.kl().mean() / x[0].numel()
         loss = weighted + kl_weight * kl
-        motion = torch.zeros(())
+        motion = torch.zeros((), device=dev)
         if motion_weight > 0:
             motion = _motion_loss(recon, x, foreground_weight)
             loss = loss + motion_weight * motion
-        moment = torch.zeros(())
+        moment = torch.zeros((), device=dev)
         if moment_weight > 0:
             moment = _moment_loss(recon, x)
             loss = loss + moment_weight * moment
@@ -176,12 +182,13 @@ def train_vae(
             bar.set_postfix(l1=f"{l1:.4f}")
             bar.update(1)
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            save_checkpoint(out, step + 1, weights=vae.state_dict(), optimizer=optimizer, state={"phase": "vae"})
+            weights = {name: tensor.cpu() for name, tensor in vae.state_dict().items()}
+            save_checkpoint(out, step + 1, weights=weights, optimizer=optimizer, state={"phase": "vae"})
     if bar is not None:
         bar.close()
     plot_loss_curve(read_metrics(out / "metrics.jsonl"), out / "loss.png", ["l1", "weighted_l1", "kl"], title="tiny VAE")
     log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:8])})
-    return {"vae": vae.eval().requires_grad_(False), "l1": l1}
+    return {"vae": vae.cpu().eval().requires_grad_(False), "l1": l1}
 
 
 def _motion_loss(recon: torch.Tensor, target: torch.Tensor, foreground_weight: float, threshold: float = 0.08) -> torch.Tensor:
@@ -204,8 +211,8 @@ def colour_memberships(x: torch.Tensor) -> torch.Tensor:
     rgb = (x + 1.0) * 127.5  # the tracker's units
 
     def blend(a, b):  # (coverage of a, RGB distance from the a-b blend line)
-        a = torch.tensor(a, dtype=x.dtype).view(1, 3, 1, 1, 1)
-        b = torch.tensor(b, dtype=x.dtype).view(1, 3, 1, 1, 1)
+        a = torch.tensor(a, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+        b = torch.tensor(b, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
         c = (((rgb - b) * (a - b)).sum(1) / ((a - b) ** 2).sum()).clamp(0.0, 1.0)
         return c, (rgb - b - c[:, None] * (a - b)).norm(dim=1)
 
@@ -229,8 +236,8 @@ def _moment_loss(recon: torch.Tensor, target: torch.Tensor, min_area: float = 2.
     terms price exactly those. Colours absent from the target are priced by their area alone."""
     m_r, m_t = colour_memberships(recon), colour_memberships(target)
     h, w = target.shape[-2:]
-    ys = torch.arange(h, dtype=target.dtype).view(h, 1)
-    xs = torch.arange(w, dtype=target.dtype).view(1, w)
+    ys = torch.arange(h, dtype=target.dtype, device=target.device).view(h, 1)
+    xs = torch.arange(w, dtype=target.dtype, device=target.device).view(1, w)
 
     def moments(m):
         area = m.sum((-2, -1))
@@ -252,23 +259,26 @@ def _foreground(x: torch.Tensor, threshold: float = 0.08) -> torch.Tensor:
     """1 where a pixel of x ([B, 3, F, H, W] in [-1, 1]) is not the world's background colour."""
     from lamo_cli.data.world import BACKGROUND
 
-    background = torch.tensor(BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1, 1) / 127.5 - 1.0
+    background = torch.tensor(BACKGROUND, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1) / 127.5 - 1.0
     return ((x - background).abs().amax(dim=1, keepdim=True) > threshold).to(x.dtype)
 
 
 @torch.no_grad()
 def _full_clip_l1(vae, clips: torch.Tensor) -> float:
+    device = next(vae.parameters()).device
     x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-    return float(sum((vae.decode(vae.encode(c[None]).latent_dist.mean).sample - c[None]).abs().mean() for c in x) / len(x))
+    return float(sum((vae.decode(vae.encode(c[None].to(device)).latent_dist.mean).sample - c[None].to(device)).abs().mean()
+                     for c in x) / len(x))
 
 
 @torch.no_grad()
 def latent_scaling_factor(vae, clips: np.ndarray, max_clips: int = 64) -> float:
     """1 / std of the posterior means (the convention of CogVideoX's published factors)."""
+    device = next(vae.parameters()).device
     means = []
     for clip in clips[:max_clips]:
-        x = torch.from_numpy(clip)[None].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        means.append(vae.encode(x).latent_dist.mean.flatten())
+        x = torch.from_numpy(clip)[None].to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        means.append(vae.encode(x).latent_dist.mean.flatten().cpu())
     return float(1.0 / torch.cat(means).std())
 
 
@@ -294,15 +304,24 @@ def build_tiny(
     caption_dropout: float = 0.1,
     save_every: int = 200,
     install: bool = False,
+    device: str | None = None,
     progress: bool = True,
 ) -> BuildTinySummary:
-    from lamo_cli.backbones.cogvideox import LAMO_META_FILE, TINY_WEIGHTS, CogVideoXBackbone, tiny_format, tiny_untrained_components
+    from lamo_cli.backbones.cogvideox import (
+        LAMO_META_FILE,
+        TINY_WEIGHTS,
+        CogVideoXBackbone,
+        resolve_device,
+        tiny_format,
+        tiny_untrained_components,
+    )
     from lamo_cli.data.world import write_world
     from lamo_cli.fileio import write_json
     from lamo_cli.stages.encode import encode
     from lamo_cli.stages.finetune import finetune
 
     fmt = tiny_format(temporal_compression)  # fails before any work on a bad value
+    device = str(resolve_device(device))
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)
@@ -322,7 +341,7 @@ def build_tiny(
     else:
         from lamo_cli.training import latest_checkpoint
 
-        shape = {"temporal_compression": temporal_compression, "progress": progress}
+        shape = {"temporal_compression": temporal_compression, "device": device, "progress": progress}
         trained = train_vae(world_dir, vae_dir, steps=vae_steps, small_crop_steps=vae_small_crop_steps, batch_size=vae_batch_size, lr=vae_lr,
                             save_every=save_every, seed=seed, **shape)
         last_dir = vae_dir
@@ -350,7 +369,7 @@ def build_tiny(
         summary.phases["vae"] = summary.phases["model"] = "done"
 
     # 4. encode
-    encode([world_dir], backbone=str(model_dir), out=cache_dir, progress=progress)
+    encode([world_dir], backbone=str(model_dir), out=cache_dir, device=device, progress=progress)
     summary.phases["encode"] = "done"
 
     # 5. the denoiser, from scratch (a plain model: the drift loss is LaMo's job, later)
