@@ -186,7 +186,9 @@ def fit_prior(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LamoError("fit-prior trains a small field in one process; run `lamo fit-prior` without torchrun / accelerate launch")
     out = Path(out)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lamo_cli.backbones.cogvideox import resolve_device
+
+    dev = resolve_device(device)
 
     lat_cache = _open_cache(cache)
     info = lat_cache.info
