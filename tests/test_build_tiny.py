@@ -115,7 +115,7 @@ def test_build_tiny_toy_scale(tmp_path):
     run = json.loads((out / "transformer-run" / "run.json").read_text())
     assert run["settings"]["full"] is True and run["settings"]["drift_weight"] == 0.0
     build = json.loads((out / "build.json").read_text())
-    assert build["temporal_compression"] == 4 and build["vae_small_crop_steps"] == 0 and build["moment_weight"] == 0.5
+    assert build["temporal_compression"] == 4 and build["vae_batch_size"] == 2 and build["vae_small_crop_steps"] == 0 and build["moment_weight"] == 0.5
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "skipped (exists)" in again.output

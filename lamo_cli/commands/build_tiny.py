@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from lamo_cli.commands._common import console, handle_errors
-from lamo_cli.errors import LamoError
 
 
 @handle_errors
@@ -31,10 +30,8 @@ def command(
     device: Annotated[Optional[str], typer.Option(help="Device of the VAE and encode phases, e.g. cpu or cuda (default: cuda when present); the transformer phase trains where `lamo finetune` would.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Train the embedded `tiny` backbone from scratch on the physics world, on a CPU: world ->
+    """Train the embedded `tiny` backbone from scratch on the physics world, on a CPU or a GPU: world ->
     VAE -> encode -> transformer (-> install). Every phase resumes where a killed run stopped."""
-    if vae_batch_size < 1:
-        raise LamoError(f"--vae-batch-size {vae_batch_size}: must be at least 1")
     from lamo_cli.stages.build_tiny import build_tiny
 
     summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_small_crop_steps=vae_small_crop_steps, motion_steps=motion_steps,

@@ -1,4 +1,5 @@
-"""`lamo build-tiny`: train the embedded `tiny` backbone on the physics world, from scratch, on a CPU.
+"""`lamo build-tiny`: train the embedded `tiny` backbone on the physics world, from scratch, on a CPU
+(or a GPU: `--device`).
 
 Phases (each skipped when its output exists, each resumable, so a rerun continues where a killed
 one stopped):
@@ -320,8 +321,10 @@ def build_tiny(
     from lamo_cli.stages.encode import encode
     from lamo_cli.stages.finetune import finetune
 
-    fmt = tiny_format(temporal_compression)  # fails before any work on a bad value
+    fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
     device = str(resolve_device(device))
+    if vae_batch_size < 1:
+        raise LamoError(f"--vae-batch-size {vae_batch_size}: must be at least 1")
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)
@@ -400,6 +403,7 @@ def build_tiny(
     shutil.copytree(trained_transformer, model_dir / "transformer")
     summary.phases["transformer"] = "done"
     write_json(out / "build.json", {"clips": clips, "seed": seed, "temporal_compression": temporal_compression, "vae_steps": vae_steps,
+                                    "vae_batch_size": vae_batch_size,
                                     "vae_small_crop_steps": vae_small_crop_steps, "motion_steps": motion_steps,
                                     "motion_weight": motion_weight, "moment_weight": moment_weight, "decoder_steps": decoder_steps,
                                     "decoder_latent_noise": decoder_latent_noise, "transformer_steps": transformer_steps,
