@@ -1,5 +1,6 @@
 """Options of the `lamo` app itself (before the command)."""
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -30,8 +31,6 @@ def test_negative_threads_is_refused_with_the_option_named():
 
 def test_a_bad_device_is_one_line_in_the_stage_commands(tmp_path):
     """--device is checked where each stage resolves it: a name torch does not know, and CUDA where none is visible."""
-    import pytest
-
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA to ask for a missing one")
     for args in (["fit-prior", str(tmp_path / "cache"), "--out", str(tmp_path / "prior")],
