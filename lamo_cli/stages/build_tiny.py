@@ -98,7 +98,7 @@ def train_vae(
     `device`: where to train (default: the CPU). Batches and noise are drawn on the CPU from the
     step's seed either way, so a run is the same sequence of samples on any device; the returned
     VAE is on the CPU."""
-    from lamo_cli.backbones.cogvideox import tiny_untrained_components
+    from lamo_cli.backbones.cogvideox import resolve_device, tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
         MetricsLog,
@@ -112,7 +112,7 @@ def train_vae(
     )
 
     out = Path(out)
-    dev = torch.device(device or "cpu")
+    dev = resolve_device(device or "cpu")
     vae = tiny_untrained_components(temporal_compression=temporal_compression)["vae"].to(dev).train()
     encoder_side = ("encoder.", "quant_conv.")
     trained = [p for name, p in vae.named_parameters() if not (decoder_only and name.startswith(encoder_side))]
