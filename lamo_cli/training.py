@@ -82,6 +82,29 @@ class LRSchedule:
         return lr
 
 
+# ==================================================================== training timesteps
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
+
+
+def sample_timesteps(kind: str, count: int, num_train_timesteps: int, generator: torch.Generator,
+                     logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Integer training timesteps [count] in 0..num_train_timesteps-1.
+
+    uniform: t ~ U{0..N-1} (CogVideoX's own training). logit-normal: t = floor(N sigmoid(u)),
+    u ~ N(logit_mean, logit_std) (SD3, Esser et al. 2024), which spends the steps on the middle
+    noise levels where a small model decides where things are; a negative mean moves them toward
+    less noise. Drawn with diffusers' SD3 density helper on the given generator.
+    """
+    if kind == "uniform":
+        return torch.randint(0, num_train_timesteps, (count,), generator=generator)
+    if kind != "logit-normal":
+        raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLINGS}, got {kind!r}")
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    u = compute_density_for_timestep_sampling("logit_normal", count, logit_mean=logit_mean, logit_std=logit_std, generator=generator)
+    return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
 # ==================================================================== seeds and the data stream
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from a tuple (seed, purpose, rank, epoch ...): stable across processes and runs."""

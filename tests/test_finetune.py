@@ -231,6 +231,30 @@ def test_ema_and_cosine_schedule_resume_exactly_and_the_average_is_what_is_saved
         _train(cache, tmp_path / "bad", ema_decay=1.0)
 
 
+def test_logit_normal_timesteps_reach_the_loss_and_are_kept_on_resume(cache, tmp_path, monkeypatch):
+    """The loop trains at the timesteps the chosen density draws, and --resume refuses another density."""
+    seen = []
+    real = finetune_module.sample_timesteps
+
+    def spy(kind, count, n, generator, logit_mean, logit_std):
+        t = real(kind, count, n, generator, logit_mean, logit_std)
+        seen.append((kind, logit_mean, logit_std, t.clone()))
+        return t
+
+    monkeypatch.setattr(finetune_module, "sample_timesteps", spy)
+    run = tmp_path / "ln"
+    _train(cache, run, steps=2, save_every=1, timestep_sampling="logit-normal", logit_mean=-1.0, logit_std=0.5)
+    assert [s[:3] for s in seen] == [("logit-normal", -1.0, 0.5)] * 2
+    assert all(((t >= 0) & (t < 1000)).all() for *_, t in seen)
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["timestep_sampling"] == "logit-normal" and settings["logit_mean"] == -1.0
+    with pytest.raises(LamoError, match="timestep_sampling"):
+        _train(cache, run, steps=3, save_every=1, resume=True, timestep_sampling="uniform", logit_mean=-1.0, logit_std=0.5)
+    for bad, match in ((dict(timestep_sampling="cosine"), "--timestep-sampling"), (dict(logit_std=0.0), "--logit-std")):
+        with pytest.raises(LamoError, match=match):
+            _train(cache, tmp_path / "bad", **bad)
+
+
 # ---------------------------------------------------------------- failures through the CLI
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch):
     real = finetune_module.lamo_objective

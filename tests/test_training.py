@@ -25,8 +25,37 @@ from lamo_cli.training import (
     read_metrics,
     restore_rng_state,
     rng_state_tensors,
+    sample_timesteps,
     save_checkpoint,
 )
+
+
+# ---------------------------------------------------------------- training timesteps
+def test_uniform_timesteps_are_cogvideox_randint():
+    got = sample_timesteps("uniform", 64, 1000, torch.Generator().manual_seed(3))
+    want = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, want)
+
+
+def test_logit_normal_timesteps_by_hand():
+    # t = floor(N * sigmoid(u)), u ~ N(mean, std), from the same generator state
+    got = sample_timesteps("logit-normal", 256, 1000, torch.Generator().manual_seed(5), logit_mean=-0.5, logit_std=0.8)
+    u = torch.normal(-0.5, 0.8, size=(256,), generator=torch.Generator().manual_seed(5)).double()
+    want = torch.floor(1000 / (1 + torch.exp(-u))).long()
+    assert torch.equal(got, want)
+    assert got.min() >= 0 and got.max() <= 999
+
+
+def test_logit_normal_median_and_spread():
+    t = sample_timesteps("logit-normal", 20000, 1000, torch.Generator().manual_seed(0), logit_mean=-0.5, logit_std=1.0).double()
+    assert abs(t.median().item() - 1000 / (1 + math.exp(0.5))) < 10  # median of sigmoid(u) is sigmoid(mean)
+    mid = ((t >= 100) & (t < 600)).double().mean().item()
+    assert mid > 0.6  # uniform would put 50% there
+
+
+def test_unknown_timestep_sampling_is_refused():
+    with pytest.raises(ValueError, match="logit-normal"):
+        sample_timesteps("cosine", 4, 1000, torch.Generator())
 
 
 # ---------------------------------------------------------------- LR schedules

@@ -29,6 +29,9 @@ def command(
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
     lr_schedule: Annotated[str, typer.Option(help="After warm-up: constant, or cosine (down to 0 at the last step).")] = "constant",
     ema_decay: Annotated[float, typer.Option(help="Keep a moving average of the trained weights with this decay and save it (e.g. 0.999 when training from scratch); 0 = off.")] = 0.0,
+    timestep_sampling: Annotated[str, typer.Option(help="Training timesteps: uniform (CogVideoX's own), or logit-normal (SD3: more steps at middle noise levels).")] = "uniform",
+    logit_mean: Annotated[float, typer.Option(help="Mean of the logit-normal timestep density (negative: toward less noise).")] = 0.0,
+    logit_std: Annotated[float, typer.Option(help="Spread of the logit-normal timestep density.")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Clips per process per micro-step.")] = 1,
     grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimizer step.")] = 1,
     tau: Annotated[int, typer.Option(help="Frame lag of the macro drift (paper: 2).")] = 2,
@@ -60,7 +63,8 @@ def command(
         lora_alpha=lora_alpha, lora_targets=lora_targets, lr=lr, warmup=warmup, batch_size=batch_size,
         grad_accum=grad_accum, tau=tau, weight_kind=weight_kind, gradient_checkpointing=gradient_checkpointing,
         mixed_precision=mixed_precision, save_every=save_every, resume=resume, seed=seed, caption_dropout=caption_dropout,
-        lr_schedule=lr_schedule, ema_decay=ema_decay,
+        lr_schedule=lr_schedule, ema_decay=ema_decay, timestep_sampling=timestep_sampling, logit_mean=logit_mean,
+        logit_std=logit_std,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
     summary = finetune(**options, progress=progress)

@@ -1,7 +1,7 @@
 """`finetune`: LoRA or full fine-tuning of a CogVideoX transformer with the Motion Drift Loss
 (METHOD.md sections 1 and 5) on a latent cache.
 
-Per micro-batch: t ~ U{0..999}, eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
+Per micro-batch: t ~ U{0..999} (or logit-normal, --timestep-sampling), eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
 v_hat = transformer(x_t, t, text), x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat and
 L = L_diff + drift_weight * w(t) * L_drift (drift_weight 0: the plain fine-tune, drift never computed).
 
@@ -40,6 +40,7 @@ from lamo_cli.training import (
     EpochStream,
     LRSchedule,
     MetricsLog,
+    TIMESTEP_SAMPLINGS,
     PhaseTimer,
     begin_checkpoint,
     check_resume_settings,
@@ -55,6 +56,7 @@ from lamo_cli.training import (
     read_json_checked,
     read_metrics,
     restore_rng_state,
+    sample_timesteps,
     seeded_generator,
     settings_json,
     step_progress,
@@ -75,7 +77,7 @@ DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
 RESUME_KEYS = (
     "drift_weight", "lora_rank", "lora_alpha", "lora_targets", "full", "lr", "warmup", "tau", "weight_kind",
     "seed", "caption_dropout", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "effective_batch_size",
-    "latent_fingerprint", "lr_schedule", "ema_decay",
+    "latent_fingerprint", "lr_schedule", "ema_decay", "timestep_sampling", "logit_mean", "logit_std",
 )
 EMA_FILE = "ema.safetensors"  # in a checkpoint folder: the moving average of the trainable weights
 
@@ -155,7 +157,8 @@ def _make_accelerator(mixed_precision: str):
 
 def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
               drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float,
-              lr_schedule: str = "constant", ema_decay: float = 0.0) -> None:
+              lr_schedule: str = "constant", ema_decay: float = 0.0, timestep_sampling: str = "uniform",
+              logit_std: float = 1.0) -> None:
     checks = [
         (steps >= 1, f"--steps {steps}: must be at least 1"),
         (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
@@ -171,6 +174,8 @@ def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: i
         (0.0 <= caption_dropout <= 1.0, f"--caption-dropout {caption_dropout}: must be a probability in [0, 1]"),
         (lr_schedule in ("constant", "cosine"), f"--lr-schedule {lr_schedule!r}: use 'constant' or 'cosine'"),
         (0.0 <= ema_decay < 1.0, f"--ema-decay {ema_decay}: must be in [0, 1) (0 = no moving average)"),
+        (timestep_sampling in TIMESTEP_SAMPLINGS, f"--timestep-sampling {timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
+        (logit_std > 0 and math.isfinite(logit_std), f"--logit-std {logit_std}: must be positive"),
     ]
     for ok, message in checks:
         if not ok:
@@ -227,12 +232,15 @@ def finetune(
     log_every: int = 1,
     lr_schedule: str = "constant",
     ema_decay: float = 0.0,
+    timestep_sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
     progress: bool = True,
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
     settings = settings_json(dict(locals()))
     _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout,
-              lr_schedule, ema_decay)
+              lr_schedule, ema_decay, timestep_sampling, logit_std)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
@@ -391,7 +399,7 @@ def finetune(
                 indices = stream.rank_batch(micro_position, batch_size, world_size, rank)
                 drop = torch.rand(len(indices), generator=noise_gen) < caption_dropout if caption_dropout > 0 else torch.zeros(len(indices), dtype=torch.bool)
                 x0, text = _stack_batch(dataset, indices, empty_text, drop)
-                t = torch.randint(0, num_train_timesteps, (len(indices),), generator=noise_gen)
+                t = sample_timesteps(timestep_sampling, len(indices), num_train_timesteps, noise_gen, logit_mean, logit_std)
                 eps = torch.randn(x0.shape, generator=noise_gen)
                 x0, text, eps, t = x0.to(device), text.to(device), eps.to(device), t.to(device)
                 abar = alphas_dev[t]
