@@ -317,6 +317,17 @@ def test_cli_full_excludes_lora_rank_and_recipe_keys_apply(cache, tmp_path):
     assert "wrote lora" in result.output
 
 
+
+def test_cli_resume_at_the_last_step_rewrites_the_weights_and_says_so(cache, tmp_path):
+    args = ["finetune", str(cache), "--out", str(tmp_path / "run"), "--steps", "2", "--save-every", "2", "--lora-rank", "4",
+            "--lora-alpha", "2", "--warmup", "1", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    (tmp_path / "run" / "pytorch_lora_weights.safetensors").unlink()
+    result = runner.invoke(app, args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert "no steps left to train" in result.output and "nan" not in result.output
+    assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
+
 # ---------------------------------------------------------------- two processes
 def test_two_process_torchrun_finetune(cache, tmp_path):
     out = tmp_path / "ddp"

@@ -78,11 +78,14 @@ def command(
         f"precision {summary.mixed_precision}",
         soft_wrap=True,
     )
-    phases = ", ".join(f"{k} {v / max(1, summary.steps - summary.start_step) * 1000:.0f} ms" for k, v in summary.phase_seconds.items())
-    console.print(
-        f"loss {summary.first_loss:.4g} (first step) -> {summary.final_loss:.4g} (mean of the last 10%); "
-        f"{summary.seconds_per_step:.3f} s/step ({phases} per step)",
-        soft_wrap=True,
-    )
+    if summary.steps > summary.start_step:
+        phases = ", ".join(f"{k} {v / (summary.steps - summary.start_step) * 1000:.0f} ms" for k, v in summary.phase_seconds.items())
+        console.print(
+            f"loss {summary.first_loss:.4g} (first step) -> {summary.final_loss:.4g} (mean of the last 10%); "
+            f"{summary.seconds_per_step:.3f} s/step ({phases} per step)",
+            soft_wrap=True,
+        )
+    else:  # --resume at the last step: only the final weights are (re)written
+        console.print(f"no steps left to train: the checkpoint is at step {summary.steps}", soft_wrap=True)
     for name, path in summary.outputs.items():
         console.print(f"wrote {name}: {path}", soft_wrap=True)
