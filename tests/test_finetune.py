@@ -328,6 +328,21 @@ def test_cli_resume_at_the_last_step_rewrites_the_weights_and_says_so(cache, tmp
     assert "no steps left to train" in result.output and "nan" not in result.output
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
 
+
+def test_bf16_is_honoured_on_the_cpu_and_fp16_is_not(cache, tmp_path):
+    cpu = torch.device("cpu")
+    assert finetune_module.resolve_mixed_precision("auto", cpu) == ("no", None)
+    assert finetune_module.resolve_mixed_precision("bf16", cpu) == ("bf16", None)
+    mode, note = finetune_module.resolve_mixed_precision("fp16", cpu)
+    assert mode == "no" and "fp16 ignored on CPU" in note
+    summary = _train(cache, tmp_path / "bf16", steps=2, save_every=2, mixed_precision="bf16")
+    assert summary.mixed_precision == "bf16" and torch.isfinite(torch.tensor(summary.final_loss))
+    settings = json.loads((tmp_path / "bf16" / "run.json").read_text())["settings"]
+    assert settings["mixed_precision_used"] == "bf16"
+    _train(cache, tmp_path / "fp32", steps=2, save_every=2, mixed_precision="no")
+    first = [read_metrics(tmp_path / run / "metrics.jsonl")[0]["loss"] for run in ("bf16", "fp32")]
+    assert first[0] != first[1] and first[0] == pytest.approx(first[1], rel=0.05)  # same batch, bf16 matmuls
+
 # ---------------------------------------------------------------- two processes
 def test_two_process_torchrun_finetune(cache, tmp_path):
     out = tmp_path / "ddp"

@@ -310,7 +310,7 @@ def load_backbone(
 ) -> CogVideoXBackbone:
     """Resolve a registered name or a local diffusers folder to a backbone.
 
-    dtype defaults to float32 on CPU (bf16 is ~15x slower there) and bf16 on GPU for the real
+    dtype defaults to float32 on CPU (bf16 weights are slow there without AMX) and bf16 on GPU for the real
     models (fp16 turns 5B videos black).
     """
     device = resolve_device(device)

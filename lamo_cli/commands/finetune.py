@@ -37,7 +37,7 @@ def command(
     tau: Annotated[int, typer.Option(help="Frame lag of the macro drift (paper: 2).")] = 2,
     weight_kind: Annotated[str, typer.Option(help="Noise weight of the drift term: release = 1 - (t/1000)^2, abar = alphas_cumprod[t].")] = "release",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (less memory).")] = True,
-    mixed_precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16.")] = "auto",
+    mixed_precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16. bf16 on a CPU with AMX (e.g. Xeon Sapphire Rapids) trains the tiny transformer 1.4-1.6x faster than fp32; without AMX it is far slower.")] = "auto",
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps (and at the end); the last 2 are kept.")] = 500,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/checkpoints (same data position and schedule).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the LoRA init, data order and noise.")] = 42,
