@@ -250,7 +250,8 @@ def test_logit_normal_timesteps_reach_the_loss_and_are_kept_on_resume(cache, tmp
     assert settings["timestep_sampling"] == "logit-normal" and settings["logit_mean"] == -1.0
     with pytest.raises(LamoError, match="timestep_sampling"):
         _train(cache, run, steps=3, save_every=1, resume=True, timestep_sampling="uniform", logit_mean=-1.0, logit_std=0.5)
-    for bad, match in ((dict(timestep_sampling="cosine"), "--timestep-sampling"), (dict(logit_std=0.0), "--logit-std")):
+    for bad, match in ((dict(timestep_sampling="cosine"), "--timestep-sampling"), (dict(logit_std=0.0), "--logit-std"),
+                       (dict(logit_mean=float("nan")), "--logit-mean")):
         with pytest.raises(LamoError, match=match):
             _train(cache, tmp_path / "bad", **bad)
 

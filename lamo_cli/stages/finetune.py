@@ -1,7 +1,8 @@
 """`finetune`: LoRA or full fine-tuning of a CogVideoX transformer with the Motion Drift Loss
 (METHOD.md sections 1 and 5) on a latent cache.
 
-Per micro-batch: t ~ U{0..999} (or logit-normal, --timestep-sampling), eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
+Per micro-batch: t ~ U{0..999} (or logit-normal: --timestep-sampling), eps ~ N(0, I),
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
 v_hat = transformer(x_t, t, text), x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat and
 L = L_diff + drift_weight * w(t) * L_drift (drift_weight 0: the plain fine-tune, drift never computed).
 
@@ -40,8 +41,8 @@ from lamo_cli.training import (
     EpochStream,
     LRSchedule,
     MetricsLog,
-    TIMESTEP_SAMPLINGS,
     PhaseTimer,
+    TIMESTEP_SAMPLINGS,
     begin_checkpoint,
     check_resume_settings,
     derive_seed,
@@ -161,7 +162,7 @@ def _make_accelerator(mixed_precision: str):
 def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
               drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float,
               lr_schedule: str = "constant", ema_decay: float = 0.0, timestep_sampling: str = "uniform",
-              logit_std: float = 1.0) -> None:
+              logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
     checks = [
         (steps >= 1, f"--steps {steps}: must be at least 1"),
         (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
@@ -178,6 +179,7 @@ def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: i
         (lr_schedule in ("constant", "cosine"), f"--lr-schedule {lr_schedule!r}: use 'constant' or 'cosine'"),
         (0.0 <= ema_decay < 1.0, f"--ema-decay {ema_decay}: must be in [0, 1) (0 = no moving average)"),
         (timestep_sampling in TIMESTEP_SAMPLINGS, f"--timestep-sampling {timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
+        (math.isfinite(logit_mean), f"--logit-mean {logit_mean}: must be a finite number"),
         (logit_std > 0 and math.isfinite(logit_std), f"--logit-std {logit_std}: must be positive"),
     ]
     for ok, message in checks:
@@ -243,7 +245,7 @@ def finetune(
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
     settings = settings_json(dict(locals()))
     _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout,
-              lr_schedule, ema_decay, timestep_sampling, logit_std)
+              lr_schedule, ema_decay, timestep_sampling, logit_mean, logit_std)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
