@@ -127,9 +127,17 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "build2"
     args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "1", "--vae-batch-size", "3", "--decoder-steps", "0",
-            "--temporal-compression", "2", "--transformer-steps", "1", "--transformer-batch-size", "2", "--device", "cpu", "--no-progress"]
+            "--temporal-compression", "2", "--transformer-steps", "1", "--transformer-batch-size", "2", "--device", "cpu", "--no-progress",
+            "--transformer-timestep-sampling", "logit-normal", "--transformer-logit-mean", "-0.5", "--transformer-logit-std", "0.8",
+            "--transformer-mixed-precision", "bf16"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    # the transformer options reached the finetune run and the build record
+    run = json.loads((out / "transformer-run" / "run.json").read_text())["settings"]
+    assert (run["timestep_sampling"], run["logit_mean"], run["logit_std"]) == ("logit-normal", -0.5, 0.8)
+    assert run["mixed_precision"] == "bf16" and run["mixed_precision_used"] == "bf16"
+    build = json.loads((out / "build.json").read_text())
+    assert build["transformer_timestep_sampling"] == "logit-normal" and build["transformer_mixed_precision"] == "bf16"
     backbone = load_backbone(out / "model", device="cpu")
     assert backbone.video_format.temporal_compression == 2 and backbone.video_format.latent_frames == 17
     with torch.no_grad():
@@ -141,6 +149,10 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
 @pytest.mark.parametrize("option, fragment", [
     (["--device", "tpu9"], "--device 'tpu9'"),
     (["--vae-batch-size", "0"], "--vae-batch-size 0"),
+    (["--transformer-timestep-sampling", "cubic"], "--transformer-timestep-sampling 'cubic'"),
+    (["--transformer-logit-std", "0"], "--transformer-logit-std 0"),
+    (["--transformer-logit-mean", "nan"], "--transformer-logit-mean nan"),
+    (["--transformer-mixed-precision", "fp8"], "--transformer-mixed-precision 'fp8'"),
 ])
 def test_build_tiny_rejects_bad_device_and_batch(tmp_path, option, fragment):
     result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), *option, "--no-progress"])

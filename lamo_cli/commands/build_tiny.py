@@ -26,6 +26,10 @@ def command(
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
     transformer_lr: Annotated[float, typer.Option(help="Transformer peak learning rate (cosine decay after warm-up).")] = 5e-4,
     transformer_ema_decay: Annotated[float, typer.Option(help="Decay of the weight moving average that is saved (0 = off).")] = 0.999,
+    transformer_timestep_sampling: Annotated[str, typer.Option(help="Training timesteps of the transformer: uniform, or logit-normal (SD3's density; see `lamo finetune --timestep-sampling`).")] = "uniform",
+    transformer_logit_mean: Annotated[float, typer.Option(help="Mean of the logit-normal timestep density (negative = more low-noise steps).")] = 0.0,
+    transformer_logit_std: Annotated[float, typer.Option(help="Spread of the logit-normal timestep density.")] = 1.0,
+    transformer_mixed_precision: Annotated[str, typer.Option(help="Transformer phase precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPU: faster where it has AMX), fp16.")] = "auto",
     install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
     device: Annotated[Optional[str], typer.Option(help="Device of the VAE and encode phases, e.g. cpu or cuda (default: cuda when present); the transformer phase trains where `lamo finetune` would.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
@@ -38,7 +42,9 @@ def command(
                          motion_weight=motion_weight, moment_weight=moment_weight, decoder_steps=decoder_steps,
                          temporal_compression=temporal_compression, transformer_steps=transformer_steps,
                          transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
-                         transformer_ema_decay=transformer_ema_decay, install=install, device=device, progress=progress)
+                         transformer_ema_decay=transformer_ema_decay, transformer_timestep_sampling=transformer_timestep_sampling,
+                         transformer_logit_mean=transformer_logit_mean, transformer_logit_std=transformer_logit_std,
+                         transformer_mixed_precision=transformer_mixed_precision, install=install, device=device, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

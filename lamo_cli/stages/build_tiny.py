@@ -15,6 +15,7 @@ one stopped):
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -302,6 +303,10 @@ def build_tiny(
     transformer_lr: float = 5e-4,
     transformer_warmup: int = 200,
     transformer_ema_decay: float = 0.999,
+    transformer_timestep_sampling: str = "uniform",
+    transformer_logit_mean: float = 0.0,
+    transformer_logit_std: float = 1.0,
+    transformer_mixed_precision: str = "auto",
     caption_dropout: float = 0.1,
     save_every: int = 200,
     install: bool = False,
@@ -319,12 +324,23 @@ def build_tiny(
     from lamo_cli.data.world import write_world
     from lamo_cli.fileio import write_json
     from lamo_cli.stages.encode import encode
-    from lamo_cli.stages.finetune import finetune
+    from lamo_cli.stages.finetune import MIXED_PRECISIONS, finetune
+    from lamo_cli.training import TIMESTEP_SAMPLINGS
 
     fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
     device = str(resolve_device(device))
-    if vae_batch_size < 1:
-        raise LamoError(f"--vae-batch-size {vae_batch_size}: must be at least 1")
+    checks = [
+        (vae_batch_size >= 1, f"--vae-batch-size {vae_batch_size}: must be at least 1"),
+        (transformer_timestep_sampling in TIMESTEP_SAMPLINGS,
+         f"--transformer-timestep-sampling {transformer_timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
+        (math.isfinite(transformer_logit_mean), f"--transformer-logit-mean {transformer_logit_mean}: must be a finite number"),
+        (transformer_logit_std > 0 and math.isfinite(transformer_logit_std), f"--transformer-logit-std {transformer_logit_std}: must be positive"),
+        (transformer_mixed_precision in MIXED_PRECISIONS,
+         f"--transformer-mixed-precision {transformer_mixed_precision!r}: use {', '.join(MIXED_PRECISIONS)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LamoError(message)
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)
@@ -387,6 +403,10 @@ def build_tiny(
         warmup=transformer_warmup,
         lr_schedule="cosine",  # from scratch: decay to 0, and save the moving average
         ema_decay=transformer_ema_decay,
+        timestep_sampling=transformer_timestep_sampling,
+        logit_mean=transformer_logit_mean,
+        logit_std=transformer_logit_std,
+        mixed_precision=transformer_mixed_precision,
         batch_size=transformer_batch_size,
         caption_dropout=caption_dropout,
         gradient_checkpointing=False,
@@ -408,7 +428,10 @@ def build_tiny(
                                     "motion_weight": motion_weight, "moment_weight": moment_weight, "decoder_steps": decoder_steps,
                                     "decoder_latent_noise": decoder_latent_noise, "transformer_steps": transformer_steps,
                                     "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr,
-                                    "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay})
+                                    "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay,
+                                    "transformer_timestep_sampling": transformer_timestep_sampling,
+                                    "transformer_logit_mean": transformer_logit_mean, "transformer_logit_std": transformer_logit_std,
+                                    "transformer_mixed_precision": transformer_mixed_precision})
 
     # 6. install into the package
     if install:

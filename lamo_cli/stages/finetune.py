@@ -129,11 +129,14 @@ def transformer_signature(transformer: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
 def resolve_mixed_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
     """(mode, note): auto is bf16 autocast on CUDA and fp32 on the CPU. An explicit bf16 is honoured
     on the CPU too (fp32 master weights, bf16 matmuls): much faster where the CPU has AMX tiles,
     much slower where it has not (benchmarks/cpu_precision.py measures it). No fp16 on the CPU."""
-    if requested not in ("auto", "no", "bf16", "fp16"):
+    if requested not in MIXED_PRECISIONS:
         raise LamoError(f"--mixed-precision {requested!r}: use auto, no, bf16 or fp16")
     if device.type != "cuda":
         if requested == "fp16":
@@ -159,10 +162,9 @@ def _make_accelerator(mixed_precision: str):
         return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
-def _validate(steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
+def _validate(*, steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
               drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float,
-              lr_schedule: str = "constant", ema_decay: float = 0.0, timestep_sampling: str = "uniform",
-              logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+              lr_schedule: str, ema_decay: float, timestep_sampling: str, logit_mean: float, logit_std: float) -> None:
     checks = [
         (steps >= 1, f"--steps {steps}: must be at least 1"),
         (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
@@ -244,8 +246,10 @@ def finetune(
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
     settings = settings_json(dict(locals()))
-    _validate(steps, batch_size, grad_accum, lr, warmup, tau, save_every, drift_weight, weight_kind, lora_rank, lora_alpha, caption_dropout,
-              lr_schedule, ema_decay, timestep_sampling, logit_mean, logit_std)
+    _validate(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, tau=tau, save_every=save_every,
+              drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank, lora_alpha=lora_alpha,
+              caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
+              timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
