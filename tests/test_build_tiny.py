@@ -2,6 +2,7 @@
 and a rerun skips what is done."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -205,3 +206,86 @@ def test_train_vae_small_crop_steps_then_whole_frames(tmp_path, monkeypatch):
     result = train_vae(tmp_path / "world", tmp_path / "vae", steps=3, small_crop_steps=2, save_every=10, batch_size=3, device="cpu", progress=False)
     assert seen[:3] == [(32, 32), (32, 32), (64, 64)] and batches[:3] == [3, 3, 3]
     assert next(result["vae"].parameters()).device.type == "cpu"  # (then the whole-clip check at the end)
+
+
+def test_fit_steps_to_budget_by_hand():
+    from lamo_cli.stages.build_tiny import fit_steps_to_budget
+
+    # 1000 x 0.1 s + 500 x 0.2 s = 200 s planned; 5 minutes = 300 s -> every phase x 1.5
+    assert fit_steps_to_budget({"vae": 1000, "motion": 500, "decoder": 0}, {"vae": 0.1, "motion": 0.2}, 5.0) == {
+        "vae": 1500, "motion": 750, "decoder": 0}
+    # a budget too small for a step still trains one step of each planned phase
+    assert fit_steps_to_budget({"transformer": 6000}, {"transformer": 2.0}, 0.001) == {"transformer": 1}
+
+
+def test_measured_seconds_per_step_skips_the_warm_up(tmp_path):
+    from lamo_cli.errors import LamoError
+    from lamo_cli.stages.build_tiny import measured_seconds_per_step
+
+    metrics = tmp_path / "metrics.jsonl"
+    times = [9.0, 3.0, 0.2, 0.4, 0.3, 0.5]  # the first two are a GPU warming up
+    metrics.write_text("".join(json.dumps({"step": i + 1, "time_step": t}) + "\n" for i, t in enumerate(times)))
+    assert measured_seconds_per_step(metrics, skip=2) == pytest.approx(0.35)  # median of 0.2, 0.4, 0.3, 0.5
+    with pytest.raises(LamoError, match="no step times"):
+        measured_seconds_per_step(metrics, skip=6)
+
+
+def test_build_tiny_time_budgets_fit_the_steps_and_are_kept_on_rerun(tmp_path, monkeypatch):
+    """--vae-minutes / --transformer-minutes: probe steps of each planned phase measure its speed,
+    the phases then train for the fitted step counts (the VAE phases scaled together), plan.json
+    records them, and a rerun follows the same plan without probing again. The two trainers are
+    stand-ins that report fixed step times (the real ones are tested on their own)."""
+    import lamo_cli.stages.build_tiny as bt
+    import lamo_cli.stages.finetune as ft
+    from lamo_cli.backbones.cogvideox import tiny_untrained_components
+    from lamo_cli.training import MetricsLog
+
+    speeds = {"plain": 0.5, "motion": 1.0, "decoder": 0.25, "transformer": 0.1}  # seconds per step
+    calls = []
+
+    def fake_train_vae(world_dir, out, steps, motion_weight=0.0, decoder_only=False, **kwargs):
+        kind = "decoder" if decoder_only else ("motion" if motion_weight > 0 else "plain")
+        calls.append((kind, out.name, steps))
+        log = MetricsLog(out / "metrics.jsonl")
+        for step in range(steps):
+            log.write({"step": step + 1, "time_step": 30.0 if step == 0 else speeds[kind]})  # step 1: warm-up
+        return {"vae": tiny_untrained_components()["vae"], "l1": 0.1}
+
+    def fake_finetune(out, steps, **kwargs):
+        calls.append(("transformer", out.name, steps))
+        log = MetricsLog(out / "metrics.jsonl")
+        for step in range(steps):
+            log.write({"step": step + 1, "time_step": 30.0 if step == 0 else speeds["transformer"]})
+        tiny_untrained_components()["transformer"].save_pretrained(out / "transformer")
+
+    monkeypatch.setattr(bt, "train_vae", fake_train_vae)
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    out = tmp_path / "timed"
+    args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "1000", "--vae-small-crop-steps", "500",
+            "--motion-steps", "500", "--decoder-steps", "400", "--vae-minutes", "10", "--transformer-steps", "50",
+            "--transformer-minutes", "2", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # probes: 8 steps of each planned phase, then the phases themselves
+    assert calls[:3] == [("plain", "vae", 8), ("motion", "motion", 8), ("decoder", "decoder", 8)]
+    # 1000 x 0.5 + 500 x 1.0 + 400 x 0.25 = 1100 s planned into 600 s: x 6/11
+    assert calls[3:6] == [("plain", "vae-train", 545), ("motion", "vae-motion", 273), ("decoder", "vae-decoder", 218)]
+    assert calls[6:] == [("transformer", "transformer", 8), ("transformer", "transformer-run", 1200)]  # 120 s at 0.1 s
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["vae"]["steps"] == {"vae": 545, "motion": 273, "decoder": 218} and plan["vae"]["small_crop_steps"] == 272
+    assert plan["vae"]["seconds_per_step"] == {"vae": 0.5, "motion": 1.0, "decoder": 0.25}
+    assert plan["transformer"]["steps"] == 1200 and not (out / "probe").exists()
+    build = json.loads((out / "build.json").read_text())
+    assert (build["vae_steps"], build["motion_steps"], build["decoder_steps"], build["transformer_steps"]) == (545, 273, 218, 1200)
+    calls.clear()
+    shutil.rmtree(out / "model")  # a rerun that has to train the VAE again follows the saved plan
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert [c[2] for c in calls] == [545, 273, 218, 1200] and json.loads((out / "plan.json").read_text()) == plan
+
+
+@pytest.mark.parametrize("option", ["--vae-minutes", "--transformer-minutes"])
+def test_build_tiny_rejects_a_negative_time_budget(tmp_path, option):
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), option, "-1", "--no-progress"])
+    assert result.exit_code != 0 and f"{option} -1" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()

@@ -154,6 +154,25 @@ def test_dataset_scales_and_preload_matches_lazy(cache_dir):
     assert batch["latent"].shape == (3, *SHAPE) and batch["text"].shape == (3, 6, 5)
 
 
+def test_dataset_batch_matches_items_with_caption_dropout(cache_dir):
+    """`batch` (one gather, the training path) gives what stacking the items gives, with the dropped
+    captions replaced by the empty prompt; also after `to` (the device path, here on the CPU) and
+    for a cache read lazily."""
+    root, rows = cache_dir
+    cache = LatentCache(root)
+    empty = torch.full((6, 5), -1.0)
+    indices, drop = [2, 0, 3, 2], torch.tensor([False, True, False, True])
+    expected_latents = torch.stack([rows[i].latent * 0.7 for i in indices])
+    expected_text = torch.stack([empty if d else make_text(rows[i].caption).embedding for i, d in zip(indices, drop.tolist())])
+    moved = LatentDataset(cache)
+    assert moved.to(torch.device("cpu")) is True
+    for dataset in (LatentDataset(cache), LatentDataset(cache, preload=False), moved):
+        latents, text = dataset.batch(indices, empty, drop)
+        assert torch.equal(latents, expected_latents) and torch.equal(text, expected_text)
+    assert LatentDataset(cache, preload=False).to(torch.device("cpu")) is False  # nothing preloaded to move
+    assert LatentDataset(cache).to(torch.device("cpu"), max_bytes=16) is False  # does not fit
+
+
 def test_manifest_can_be_derived_from_shards_and_temp_files_are_ignored(cache_dir):
     root, rows = cache_dir
     (root / "manifest.json").unlink()

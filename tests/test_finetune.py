@@ -330,6 +330,31 @@ def test_cli_resume_at_the_last_step_rewrites_the_weights_and_says_so(cache, tmp
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_max_minutes_stops_with_weights_and_checkpoint_and_resume_matches_a_straight_run(cache, tmp_path):
+    """--max-minutes: the run stops at the first step past the limit, writes a checkpoint and its
+    final weights there, says so in run.json and the CLI; --resume then ends exactly where an
+    uninterrupted run ends."""
+    settings = dict(steps=4, save_every=10, lr=5e-3)
+    straight = tmp_path / "straight"
+    _train(cache, straight, **settings)
+    args = ["finetune", str(cache), "--out", str(tmp_path / "run"), "--steps", "4", "--save-every", "10", "--lora-rank", "4",
+            "--lora-alpha", "2", "--warmup", "1", "--lr", "5e-3", "--batch-size", "2", "--no-progress"]
+    result = runner.invoke(app, args + ["--max-minutes", "1e-9"])  # past the limit after the first step
+    assert result.exit_code == 0, result.output
+    assert "stopped at step 1 by --max-minutes" in result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "finished" and run["results"]["stopped_at_step"] == 1
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-000001"]
+    assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
+    resumed = runner.invoke(app, args + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
+    bad = runner.invoke(app, args + ["--max-minutes", "-1"])
+    _one_line_error(bad, "--max-minutes -1")
+
+
 def test_bf16_is_honoured_on_the_cpu_and_fp16_is_not(cache, tmp_path):
     cpu = torch.device("cpu")
     assert finetune_module.resolve_mixed_precision("auto", cpu) == ("no", None)

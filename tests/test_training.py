@@ -13,6 +13,7 @@ from lamo_cli.training import (
     EpochStream,
     LRSchedule,
     MetricsLog,
+    PhaseTimer,
     begin_checkpoint,
     check_resume_settings,
     ensure_finite,
@@ -217,3 +218,26 @@ def test_nan_guard_names_step_and_checkpoint(tmp_path):
     assert "loss became nan at step 7" in msg and "step-000005" in msg and "\n" not in msg
     with pytest.raises(LamoError, match="none"):
         ensure_finite(float("inf"), 1, None)
+
+
+def test_phase_timer_times_every_cpu_step_and_samples_cuda_steps(monkeypatch):
+    """On the CPU every step is timed; on CUDA (its synchronisation stubbed here) the first 5 steps
+    and then every `every`-th, and an untimed step neither synchronises nor reports phases."""
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    cpu = PhaseTimer("cpu", every=10)
+    assert all(cpu.start_step(step) for step in range(30))
+    timer = PhaseTimer("cpu", every=10)
+    timer.cuda = True  # as PhaseTimer("cuda") on a GPU machine
+    timed = []
+    for step in range(25):
+        if timer.start_step(step):
+            timed.append(step)
+        with timer.phase("data"):
+            pass
+        with timer.phase("forward"):
+            pass
+        phases = timer.pop()
+        assert set(phases) == ({"data", "forward"} if step in timed else set())
+    assert timed == [0, 1, 2, 3, 4, 10, 20]
+    assert len(syncs) == 2 * 2 * len(timed)  # before and after each phase of a timed step only

@@ -30,6 +30,8 @@ def command(
     transformer_logit_mean: Annotated[float, typer.Option(help="Mean of the logit-normal timestep density (negative = more low-noise steps).")] = 0.0,
     transformer_logit_std: Annotated[float, typer.Option(help="Spread of the logit-normal timestep density.")] = 1.0,
     transformer_mixed_precision: Annotated[str, typer.Option(help="Transformer phase precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPU: faster where it has AMX), fp16.")] = "auto",
+    vae_minutes: Annotated[float, typer.Option(help="Train the VAE phases for about this long instead: probe steps measure their speed here, then --vae-steps, --motion-steps and --decoder-steps are scaled together to fit (0 = use the step counts).")] = 0.0,
+    transformer_minutes: Annotated[float, typer.Option(help="Train the transformer for about this long instead of --transformer-steps (measured the same way; 0 = use the step count).")] = 0.0,
     install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
     device: Annotated[Optional[str], typer.Option(help="Device of the VAE and encode phases, e.g. cpu or cuda (default: cuda when present); the transformer phase trains where `lamo finetune` would.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
@@ -44,7 +46,8 @@ def command(
                          transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
                          transformer_ema_decay=transformer_ema_decay, transformer_timestep_sampling=transformer_timestep_sampling,
                          transformer_logit_mean=transformer_logit_mean, transformer_logit_std=transformer_logit_std,
-                         transformer_mixed_precision=transformer_mixed_precision, install=install, device=device, progress=progress)
+                         transformer_mixed_precision=transformer_mixed_precision, vae_minutes=vae_minutes,
+                         transformer_minutes=transformer_minutes, install=install, device=device, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

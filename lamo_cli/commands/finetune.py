@@ -39,6 +39,7 @@ def command(
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (less memory).")] = True,
     mixed_precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16. bf16 on a CPU with AMX (e.g. Xeon Sapphire Rapids) trains the tiny transformer 1.4-1.6x faster than fp32; without AMX it is far slower.")] = "auto",
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps (and at the end); the last 2 are kept.")] = 500,
+    max_minutes: Annotated[float, typer.Option(help="Stop after about this many minutes of training (e.g. a job's wall-time limit): checkpoint and final weights are written at that step, and --resume continues. 0 = no limit.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/checkpoints (same data position and schedule).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the LoRA init, data order and noise.")] = 42,
     caption_dropout: Annotated[float, typer.Option(help="Probability of training a clip with the empty prompt.")] = 0.0,
@@ -64,7 +65,7 @@ def command(
         grad_accum=grad_accum, tau=tau, weight_kind=weight_kind, gradient_checkpointing=gradient_checkpointing,
         mixed_precision=mixed_precision, save_every=save_every, resume=resume, seed=seed, caption_dropout=caption_dropout,
         lr_schedule=lr_schedule, ema_decay=ema_decay, timestep_sampling=timestep_sampling, logit_mean=logit_mean,
-        logit_std=logit_std,
+        logit_std=logit_std, max_minutes=max_minutes,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
     summary = finetune(**options, progress=progress)
@@ -72,14 +73,17 @@ def command(
         return
     what = "full fine-tune" if summary.kind == "full" else "LoRA fine-tune"
     resumed = f" (resumed at step {summary.start_step})" if summary.start_step else ""
+    if summary.stopped_at_step is not None:
+        resumed += f", stopped at step {summary.stopped_at_step} by --max-minutes"
     console.print(
         f"[bold]{what} of {summary.backbone}[/]: {summary.steps} steps{resumed}, {summary.world_size} process(es), "
         f"effective batch {summary.effective_batch_size}, {summary.trainable_parameters:,} trainable parameters, "
         f"precision {summary.mixed_precision}",
         soft_wrap=True,
     )
-    if summary.steps > summary.start_step:
-        phases = ", ".join(f"{k} {v / (summary.steps - summary.start_step) * 1000:.0f} ms" for k, v in summary.phase_seconds.items())
+    reached = summary.stopped_at_step or summary.steps
+    if reached > summary.start_step:
+        phases = ", ".join(f"{k} {v / (reached - summary.start_step) * 1000:.0f} ms" for k, v in summary.phase_seconds.items())
         console.print(
             f"loss {summary.first_loss:.4g} (first step) -> {summary.final_loss:.4g} (mean of the last 10%); "
             f"{summary.seconds_per_step:.3f} s/step ({phases} per step)",

@@ -21,6 +21,9 @@ def command(
     ] = None,
     frames: Annotated[int, typer.Option(help="Frames per clip (8k+1; 8 fps).")] = 33,
     size: Annotated[int, typer.Option(help="Frame height and width in pixels (multiple of 8).")] = 64,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Processes that write clips (default: 1 under 64 clips, else every core up to 16); the folder is the same for any number.", show_default=False)
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Write a physics-world data set: seeded scenes of coloured discs with known laws.
@@ -29,7 +32,7 @@ def command(
     """
     from lamo_cli.stages.world import make_world
 
-    summary = make_world(out, n, split=split, seed=seed, families=families, num_frames=frames, size=size, progress=progress)
+    summary = make_world(out, n, split=split, seed=seed, families=families, num_frames=frames, size=size, workers=workers, progress=progress)
     counts = ", ".join(f"{family} {count}" for family, count in summary.per_family.items())
     console.print(
         f"[bold]wrote {summary.n} clips[/] ({summary.split}, seed {summary.seed}, {summary.num_frames} frames at "

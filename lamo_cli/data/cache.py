@@ -666,6 +666,8 @@ class LatentDataset(torch.utils.data.Dataset):
         self._latents = cache.all_latents() * self.scale if preload and len(cache) else None
         self._text: dict[str, torch.Tensor] = {}
         self._memo_text = preload
+        self._prompt_table: torch.Tensor | None = None  # [P, L, D] after `to`: every distinct prompt
+        self._prompt_slot: torch.Tensor | None = None  # [N]: each clip's row in that table
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -680,7 +682,41 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         if self._latents is not None:
-            latent = self._latents[i]
+            latent = self._latents[i].cpu()
         else:
             latent = self.cache.latent(i) * self.scale
         return {"latent": latent, "text": self._text_for(self.cache.prompt_hash(i)), "index": i}
+
+    def to(self, device: torch.device | str, max_bytes: int = PRELOAD_LIMIT_BYTES) -> bool:
+        """Move the preloaded latents and a table of every prompt's embedding to `device` (a GPU),
+        so that `batch` is one gather there instead of per-item stacking and a host-to-device copy.
+        Only for a preloaded cache whose latents and text fit in `max_bytes`; says whether it moved."""
+        if self._latents is None:
+            return False
+        hashes = [self.cache.prompt_hash(i) for i in range(len(self))]
+        distinct = sorted(set(hashes))
+        text_bytes = len(distinct) * int(self._text_for(distinct[0]).numel()) * 4
+        if self._latents.numel() * 4 + text_bytes > max_bytes:
+            return False
+        slot = {h: k for k, h in enumerate(distinct)}
+        self._prompt_table = torch.stack([self._text_for(h) for h in distinct]).to(device)
+        self._prompt_slot = torch.tensor([slot[h] for h in hashes], dtype=torch.long, device=device)
+        self._latents = self._latents.to(device)
+        return True
+
+    def batch(self, indices: list[int], empty_text: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents [B, T, C, h, w], text [B, L, D]) of these clips; `drop`: a bool per clip whose
+        caption is replaced by `empty_text` (caption dropout). On the dataset's device after `to`."""
+        if self._prompt_table is not None:
+            where = torch.tensor(indices, dtype=torch.long, device=self._latents.device)
+            texts = self._prompt_table[self._prompt_slot[where]]
+            drop = drop.to(texts.device)
+            texts = torch.where(drop.view(-1, 1, 1), empty_text.to(texts), texts)
+            return self._latents[where], texts
+        if self._latents is not None:
+            latents = self._latents[torch.tensor(indices, dtype=torch.long)]
+        else:
+            latents = torch.stack([torch.as_tensor(self.cache.latent(i) * self.scale, dtype=torch.float32) for i in indices])
+        texts = torch.stack([empty_text if dropped else self._text_for(self.cache.prompt_hash(i))
+                             for i, dropped in zip(indices, drop.tolist())])
+        return latents, texts.to(torch.float32)

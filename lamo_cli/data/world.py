@@ -1242,13 +1242,37 @@ def parse_families(families: str | Sequence[str] | None) -> list[str]:
     return list(families)
 
 
-def write_world(out_dir: str | os.PathLike, n: int, split: str = "train", seed: int = 0,
-                families: str | Sequence[str] | None = None, num_frames: int = DEFAULT_FRAMES,
-                size: int = DEFAULT_SIZE, progress: Callable[[int], None] | None = None) -> WorldSummary:
-    """Write n clips (families in rotation) as NAME.mp4 + NAME.txt + NAME.state.json and a
-    metadata.jsonl listing (path, caption). Deterministic in (seed, split, index)."""
+def _write_one_clip(out: Path, index: int, family: str, split: str, seed: int, num_frames: int, size: int) -> tuple[str, str]:
+    """Simulate, render and write clip `index`; (file name, caption)."""
     from lamo_cli.data.mp4 import write_mp4
     from lamo_cli.fileio import write_json, write_text
+
+    clip = simulate_clip(family, clip_rng(seed, split, index), split, num_frames, size)
+    name = clip_name(split, index, family)
+    write_mp4(out / f"{name}.mp4", render_clip(clip), fps=FPS)
+    write_text(out / f"{name}.txt", clip.caption + "\n")
+    write_json(out / f"{name}.state.json", clip.state_dict())
+    return f"{name}.mp4", clip.caption
+
+
+def _write_clip_range(args: tuple) -> list[tuple[str, str]]:
+    out, indices, families, split, seed, num_frames, size = args
+    return [_write_one_clip(out, i, families[i % len(families)], split, seed, num_frames, size) for i in indices]
+
+
+def default_world_workers(n: int) -> int:
+    """Processes for writing n clips: one for small folders (no start-up cost), else every core (up to 16)."""
+    return 1 if n < 64 else max(1, min(16, os.cpu_count() or 1))
+
+
+def write_world(out_dir: str | os.PathLike, n: int, split: str = "train", seed: int = 0,
+                families: str | Sequence[str] | None = None, num_frames: int = DEFAULT_FRAMES,
+                size: int = DEFAULT_SIZE, progress: Callable[[int], None] | None = None,
+                workers: int | None = None) -> WorldSummary:
+    """Write n clips (families in rotation) as NAME.mp4 + NAME.txt + NAME.state.json and a
+    metadata.jsonl listing (path, caption). Deterministic in (seed, split, index), so the folder is
+    the same whatever the number of `workers` (processes; None: `default_world_workers`)."""
+    from lamo_cli.fileio import write_text
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
@@ -1256,18 +1280,29 @@ def write_world(out_dir: str | os.PathLike, n: int, split: str = "train", seed: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = WorldSummary(str(out), n, split, seed, num_frames, size, {f: 0 for f in chosen})
-    lines = []
-    for index in range(n):
-        family = chosen[index % len(chosen)]
-        clip = simulate_clip(family, clip_rng(seed, split, index), split, num_frames, size)
-        name = clip_name(split, index, family)
-        write_mp4(out / f"{name}.mp4", render_clip(clip), fps=FPS)
-        write_text(out / f"{name}.txt", clip.caption + "\n")
-        write_json(out / f"{name}.state.json", clip.state_dict())
-        lines.append(json.dumps({"path": f"{name}.mp4", "caption": clip.caption}))
-        summary.per_family[family] += 1
-        summary.files.append(f"{name}.mp4")
-        if progress is not None:
-            progress(index + 1)
+    workers = default_world_workers(n) if workers is None else max(1, int(workers))
+    written: list[tuple[str, str]] = []
+    if workers == 1:
+        for index in range(n):
+            written.append(_write_one_clip(out, index, chosen[index % len(chosen)], split, seed, num_frames, size))
+            if progress is not None:
+                progress(index + 1)
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        chunk = max(1, min(16, n // (workers * 4)))  # a few chunks per process keep them all busy
+        jobs = [(out, range(start, min(n, start + chunk)), chosen, split, seed, num_frames, size) for start in range(0, n, chunk)]
+        # fork: the workers need no re-import of the caller's modules (torch may be loaded)
+        context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for part in pool.map(_write_clip_range, jobs):  # in order: metadata lists clips by index
+                written.extend(part)
+                if progress is not None:
+                    progress(len(written))
+    for index, (file, caption) in enumerate(written):
+        summary.per_family[chosen[index % len(chosen)]] += 1
+        summary.files.append(file)
+    lines = [json.dumps({"path": file, "caption": caption}) for file, caption in written]
     write_text(out / "metadata.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     return summary

@@ -43,11 +43,18 @@ class BuildTinySummary:
 def _load_world_clips(world_dir: Path) -> np.ndarray:
     import decord
 
+    from concurrent.futures import ThreadPoolExecutor
+
     paths = sorted(world_dir.glob("*.mp4"))
     if not paths:
         raise LamoError(f"{world_dir}: no clips; delete the folder and rerun to regenerate it")
-    clips = [decord.VideoReader(str(p)).get_batch(list(range(len(decord.VideoReader(str(p)))))).asnumpy() for p in paths]
-    return np.stack(clips)  # [N, F, H, W, 3]
+
+    def read(path: Path) -> np.ndarray:
+        reader = decord.VideoReader(str(path))
+        return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # thousands of clips on a GPU machine
+        return np.stack(list(pool.map(read, paths)))  # [N, F, H, W, 3]
 
 
 def train_vae(
@@ -72,6 +79,7 @@ def train_vae(
     temporal_compression: int = 4,
     device: str | torch.device | None = None,
     progress: bool = True,
+    frames: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
     resumes from `out/checkpoints`, else starts from checkpoint `init_from` or from scratch. Crops
@@ -98,7 +106,8 @@ def train_vae(
 
     `device`: where to train (default: the CPU). Batches and noise are drawn on the CPU from the
     step's seed either way, so a run is the same sequence of samples on any device; the returned
-    VAE is on the CPU."""
+    VAE is on the CPU. `frames`: the clips of `world_dir` already decoded ([N, F, H, W, 3] uint8),
+    so that several phases over thousands of clips decode them once."""
     from lamo_cli.backbones.cogvideox import resolve_device, tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
@@ -128,12 +137,13 @@ def train_vae(
         start = ckpt.step
     elif init_from is not None:
         vae.load_state_dict(load_checkpoint(init_from).weights)
-    clips = torch.from_numpy(_load_world_clips(Path(world_dir)))
+    clips = torch.from_numpy(_load_world_clips(Path(world_dir)) if frames is None else frames)
     latent_std = 1.0 / latent_scaling_factor(vae, clips[:16].numpy()) if decoder_only and latent_noise > 0 else 0.0
     log = MetricsLog(out / "metrics.jsonl", resume_step=start)
     bar = step_progress(steps, start, progress, "vae")
     l1 = float("nan")
     for step in range(start, steps):
+        started = time.perf_counter()
         gen = seeded_generator(seed, "vae-batch", step)  # a pure function of the step: resume is exact
         size = clips.shape[2] // 2 if step < small_crop_steps else crop
         pick = torch.randint(0, clips.shape[0], (batch_size,), generator=gen)
@@ -177,9 +187,10 @@ def train_vae(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
-        l1 = float(l1_t.detach())
+        l1 = float(l1_t.detach())  # (a sync point on a GPU, so the step time below is real)
         log.write({"step": step + 1, "l1": l1, "weighted_l1": float(weighted.detach()), "kl": float(kl.detach()),
-                   "motion": float(motion.detach()), "moment": float(moment.detach()), "lr": schedule.lr_at(step)})
+                   "motion": float(motion.detach()), "moment": float(moment.detach()), "lr": schedule.lr_at(step),
+                   "time_step": time.perf_counter() - started})
         if bar is not None:
             bar.set_postfix(l1=f"{l1:.4f}")
             bar.update(1)
@@ -273,6 +284,28 @@ def _full_clip_l1(vae, clips: torch.Tensor) -> float:
                      for c in x) / len(x))
 
 
+def fit_steps_to_budget(planned: dict[str, int], seconds_per_step: dict[str, float], minutes: float) -> dict[str, int]:
+    """Scale the planned steps of some phases by one common factor so that together they take
+    `minutes` at the measured seconds per step: the phases keep their proportions. A phase planned
+    at 0 steps stays at 0; any other gets at least 1."""
+    cost = sum(n * seconds_per_step[name] for name, n in planned.items() if n > 0)
+    if cost <= 0:
+        return dict(planned)
+    factor = minutes * 60.0 / cost
+    return {name: (max(1, round(n * factor)) if n > 0 else 0) for name, n in planned.items()}
+
+
+def measured_seconds_per_step(metrics: Path, skip: int) -> float:
+    """Median `time_step` of a metrics.jsonl after its first `skip` steps (a GPU's first steps pay
+    for its context, kernel selection and allocator; timing them planned a 285k-step run once)."""
+    from lamo_cli.training import read_metrics
+
+    times = [r["time_step"] for r in read_metrics(metrics) if "time_step" in r and int(r.get("step", 0)) > skip]
+    if not times:
+        raise LamoError(f"{metrics}: no step times after step {skip}; delete {metrics.parent} and rerun")
+    return float(np.median(times))
+
+
 @torch.no_grad()
 def latent_scaling_factor(vae, clips: np.ndarray, max_clips: int = 64) -> float:
     """1 / std of the posterior means (the convention of CogVideoX's published factors)."""
@@ -309,10 +342,18 @@ def build_tiny(
     transformer_mixed_precision: str = "auto",
     caption_dropout: float = 0.1,
     save_every: int = 200,
+    vae_minutes: float = 0.0,
+    transformer_minutes: float = 0.0,
+    probe_steps: int = 8,
     install: bool = False,
     device: str | None = None,
     progress: bool = True,
 ) -> BuildTinySummary:
+    """`vae_minutes` / `transformer_minutes` > 0: instead of the given step counts, train for about
+    that long. A few probe steps of each phase measure its speed on this machine (after their
+    warm-up), then the VAE phases' steps are scaled together, keeping their proportions, and the
+    transformer's set, to fit; the fitted plan is saved in `plan.json`, so a rerun resumes the same
+    schedule. For a build on a lent GPU with a fixed time."""
     from lamo_cli.backbones.cogvideox import (
         LAMO_META_FILE,
         TINY_WEIGHTS,
@@ -325,7 +366,7 @@ def build_tiny(
     from lamo_cli.fileio import write_json
     from lamo_cli.stages.encode import encode
     from lamo_cli.stages.finetune import MIXED_PRECISIONS, finetune
-    from lamo_cli.training import TIMESTEP_SAMPLINGS
+    from lamo_cli.training import TIMESTEP_SAMPLINGS, read_json_checked
 
     fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
     device = str(resolve_device(device))
@@ -337,6 +378,10 @@ def build_tiny(
         (transformer_logit_std > 0 and math.isfinite(transformer_logit_std), f"--transformer-logit-std {transformer_logit_std}: must be positive"),
         (transformer_mixed_precision in MIXED_PRECISIONS,
          f"--transformer-mixed-precision {transformer_mixed_precision!r}: use {', '.join(MIXED_PRECISIONS)}"),
+        (vae_minutes >= 0 and math.isfinite(vae_minutes), f"--vae-minutes {vae_minutes}: must be >= 0 (0 = use the step counts)"),
+        (transformer_minutes >= 0 and math.isfinite(transformer_minutes),
+         f"--transformer-minutes {transformer_minutes}: must be >= 0 (0 = use --transformer-steps)"),
+        (probe_steps >= 3, f"probe_steps {probe_steps}: must be at least 3"),
     ]
     for ok, message in checks:
         if not ok:
@@ -345,7 +390,9 @@ def build_tiny(
     out = Path(out)
     summary = BuildTinySummary(out)
     world_dir, vae_dir, model_dir = out / "world", out / "vae-train", out / "model"
-    cache_dir, run_dir = out / "cache", out / "transformer-run"
+    cache_dir, run_dir, probe_dir = out / "cache", out / "transformer-run", out / "probe"
+    plan_path = out / "plan.json"
+    plan = read_json_checked(plan_path) if plan_path.is_file() else {}
 
     # 1. world
     if (world_dir / "metadata.jsonl").is_file():
@@ -360,23 +407,45 @@ def build_tiny(
     else:
         from lamo_cli.training import latest_checkpoint
 
-        shape = {"temporal_compression": temporal_compression, "device": device, "progress": progress}
-        trained = train_vae(world_dir, vae_dir, steps=vae_steps, small_crop_steps=vae_small_crop_steps, batch_size=vae_batch_size, lr=vae_lr,
-                            save_every=save_every, seed=seed, **shape)
+        frames = _load_world_clips(world_dir)  # decoded once for every phase
+        shape = {"temporal_compression": temporal_compression, "device": device, "progress": progress, "frames": frames}
+        # each phase: (folder, its own settings); lr, warm-up and init as the shipped recipe
+        phases = {
+            "vae": (vae_dir, {"lr": vae_lr}),
+            "motion": (out / "vae-motion", {"lr": 0.5 * vae_lr, "warmup": 50, "motion_weight": motion_weight, "moment_weight": moment_weight}),
+            "decoder": (out / "vae-decoder", {"lr": 0.3 * vae_lr, "warmup": 20, "motion_weight": motion_weight if motion_steps > 0 else 0.0,
+                                              "moment_weight": moment_weight, "decoder_only": True, "latent_noise": decoder_latent_noise}),
+        }
+        planned = {"vae": vae_steps, "motion": motion_steps, "decoder": decoder_steps}
+        if vae_minutes > 0:
+            if "vae" not in plan:
+                speeds = {}
+                for name, n in planned.items():
+                    if n > 0:
+                        folder = probe_dir / name
+                        shutil.rmtree(folder, ignore_errors=True)
+                        train_vae(world_dir, folder, steps=probe_steps, batch_size=vae_batch_size, save_every=probe_steps, seed=seed,
+                                  **phases[name][1], **{**shape, "progress": False})
+                        speeds[name] = measured_seconds_per_step(folder / "metrics.jsonl", skip=probe_steps // 2)
+                fitted = fit_steps_to_budget(planned, speeds, vae_minutes)
+                plan["vae"] = {"minutes": vae_minutes, "seconds_per_step": speeds, "steps": fitted,
+                               "small_crop_steps": round(vae_small_crop_steps * fitted["vae"] / max(1, vae_steps))}
+                write_json(plan_path, plan)
+                shutil.rmtree(probe_dir, ignore_errors=True)
+            vae_steps, motion_steps, decoder_steps = (int(plan["vae"]["steps"][k]) for k in ("vae", "motion", "decoder"))
+            vae_small_crop_steps = int(plan["vae"]["small_crop_steps"])
+        trained = train_vae(world_dir, vae_dir, steps=vae_steps, small_crop_steps=vae_small_crop_steps, batch_size=vae_batch_size,
+                            save_every=save_every, seed=seed, **phases["vae"][1], **shape)
         last_dir = vae_dir
-        if motion_steps > 0:
-            trained = train_vae(world_dir, out / "vae-motion", steps=motion_steps, batch_size=vae_batch_size, lr=0.5 * vae_lr, warmup=50,
-                                motion_weight=motion_weight, moment_weight=moment_weight, save_every=save_every, seed=seed,
-                                init_from=latest_checkpoint(last_dir), **shape)
-            last_dir = out / "vae-motion"
-        if decoder_steps > 0:
-            trained = train_vae(world_dir, out / "vae-decoder", steps=decoder_steps, batch_size=vae_batch_size, lr=0.3 * vae_lr, warmup=20,
-                                motion_weight=motion_weight if motion_steps > 0 else 0.0, moment_weight=moment_weight,
-                                save_every=save_every, seed=seed, decoder_only=True,
-                                latent_noise=decoder_latent_noise, init_from=latest_checkpoint(last_dir), **shape)
+        for name, n in (("motion", motion_steps), ("decoder", decoder_steps)):
+            if n > 0:
+                trained = train_vae(world_dir, phases[name][0], steps=n, batch_size=vae_batch_size, save_every=save_every, seed=seed,
+                                    init_from=latest_checkpoint(last_dir), **phases[name][1], **shape)
+                last_dir = phases[name][0] if name == "motion" else last_dir
         vae = trained["vae"]
         summary.vae_l1 = trained["l1"]
-        factor = summary.scaling_factor = latent_scaling_factor(vae, _load_world_clips(world_dir))
+        factor = summary.scaling_factor = latent_scaling_factor(vae, frames)
+        del frames
         vae.register_to_config(scaling_factor=factor)
         parts = tiny_untrained_components(temporal_compression=temporal_compression)
         parts["vae"] = vae
@@ -392,11 +461,9 @@ def build_tiny(
     summary.phases["encode"] = "done"
 
     # 5. the denoiser, from scratch (a plain model: the drift loss is LaMo's job, later)
-    result = finetune(
+    train = dict(
         cache=cache_dir,
         backbone=str(model_dir),
-        out=run_dir,
-        steps=transformer_steps,
         drift_weight=0.0,
         full=True,
         lr=transformer_lr,
@@ -410,11 +477,22 @@ def build_tiny(
         batch_size=transformer_batch_size,
         caption_dropout=caption_dropout,
         gradient_checkpointing=False,
-        save_every=save_every,
-        resume=(run_dir / "checkpoints").is_dir(),
         seed=seed,
-        progress=progress,
     )
+    if transformer_minutes > 0:
+        if "transformer" not in plan:
+            probe = probe_dir / "transformer"
+            shutil.rmtree(probe, ignore_errors=True)
+            finetune(**train, out=probe, steps=probe_steps, save_every=probe_steps, progress=False)
+            speed = measured_seconds_per_step(probe / "metrics.jsonl", skip=probe_steps // 2)
+            steps = fit_steps_to_budget({"transformer": transformer_steps}, {"transformer": speed}, transformer_minutes)["transformer"]
+            plan["transformer"] = {"minutes": transformer_minutes, "seconds_per_step": speed, "steps": steps}
+            write_json(plan_path, plan)
+            shutil.rmtree(probe_dir, ignore_errors=True)
+        transformer_steps = int(plan["transformer"]["steps"])
+    # With a time budget, a run slower than its probe still ends near the budget: a quarter over it at most.
+    result = finetune(**train, out=run_dir, steps=transformer_steps, save_every=save_every, resume=(run_dir / "checkpoints").is_dir(),
+                      max_minutes=1.25 * transformer_minutes, progress=progress)
     summary.transformer_loss = getattr(result, "final_loss", None)
     trained_transformer = run_dir / "transformer"
     if not trained_transformer.is_dir():
@@ -431,7 +509,8 @@ def build_tiny(
                                     "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay,
                                     "transformer_timestep_sampling": transformer_timestep_sampling,
                                     "transformer_logit_mean": transformer_logit_mean, "transformer_logit_std": transformer_logit_std,
-                                    "transformer_mixed_precision": transformer_mixed_precision})
+                                    "transformer_mixed_precision": transformer_mixed_precision,
+                                    "vae_minutes": vae_minutes, "transformer_minutes": transformer_minutes, "plan": plan or None})
 
     # 6. install into the package
     if install:

@@ -98,6 +98,7 @@ class FinetuneSummary:
     mixed_precision: str
     backbone: str
     rank: int = 0
+    stopped_at_step: int | None = None  # --max-minutes ended the run here, before `steps`
     outputs: dict[str, str] = dataclass_field(default_factory=dict)
     phase_seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
@@ -164,7 +165,8 @@ def _make_accelerator(mixed_precision: str):
 
 def _validate(*, steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
               drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float,
-              lr_schedule: str, ema_decay: float, timestep_sampling: str, logit_mean: float, logit_std: float) -> None:
+              lr_schedule: str, ema_decay: float, timestep_sampling: str, logit_mean: float, logit_std: float,
+              max_minutes: float = 0.0) -> None:
     checks = [
         (steps >= 1, f"--steps {steps}: must be at least 1"),
         (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
@@ -183,18 +185,19 @@ def _validate(*, steps: int, batch_size: int, grad_accum: int, lr: float, warmup
         (timestep_sampling in TIMESTEP_SAMPLINGS, f"--timestep-sampling {timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
         (math.isfinite(logit_mean), f"--logit-mean {logit_mean}: must be a finite number"),
         (logit_std > 0 and math.isfinite(logit_std), f"--logit-std {logit_std}: must be positive"),
+        (max_minutes >= 0 and math.isfinite(max_minutes), f"--max-minutes {max_minutes}: must be >= 0 (0 = no time limit)"),
     ]
     for ok, message in checks:
         if not ok:
             raise LamoError(message)
 
 
-def _stack_batch(dataset, indices: list[int], empty_text: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[i] for i in indices]
-    latents = torch.stack([torch.as_tensor(item["latent"], dtype=torch.float32) for item in items])
-    texts = torch.stack([empty_text if dropped else torch.as_tensor(item["text"], dtype=torch.float32)
-                         for item, dropped in zip(items, drop.tolist())])
-    return latents, texts
+def _device_generator(device: torch.device, seed: int, rank: int, step: int | None = None) -> torch.Generator | None:
+    """The GPU generator of the diffusion noise (None on the CPU, where `noise_gen` draws it)."""
+    if device.type != "cuda":
+        return None
+    parts = (seed, "finetune", "device-noise", rank) + (() if step is None else (step,))
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
@@ -242,6 +245,7 @@ def finetune(
     timestep_sampling: str = "uniform",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    max_minutes: float = 0.0,
     progress: bool = True,
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
@@ -249,7 +253,7 @@ def finetune(
     _validate(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, tau=tau, save_every=save_every,
               drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank, lora_alpha=lora_alpha,
               caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
-              timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std)
+              timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std, max_minutes=max_minutes)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
@@ -297,6 +301,8 @@ def finetune(
 
     dataset = LatentDataset(lat_cache, scaled=True)
     empty_text = torch.as_tensor(lat_cache.empty_text_embedding(), dtype=torch.float32)
+    if device.type == "cuda" and dataset.to(device):  # batches are then gathered on the GPU
+        empty_text = empty_text.to(device)
     transformer = bb.transformer
     _check_shapes(transformer, info, empty_text, bb.uses_rope, spec)
     signature = transformer_signature(transformer)
@@ -336,7 +342,10 @@ def finetune(
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     input_dtype = torch.float32 if full else bb.dtype
-    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay)
+    # fused: one kernel for all parameters on a GPU instead of several per tensor (a small model's
+    # optimizer step was a quarter of its GPU step time).
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay,
+                                  fused=device.type == "cuda")
     schedule = LRSchedule(base_lr=lr, warmup=warmup, kind=lr_schedule, total_steps=steps)
     # A moving average of the weights (diffusers' EMAModel, as its training scripts use): what is saved
     # at the end. Worth it when training from scratch; a short LoRA fine-tune does not need it.
@@ -344,8 +353,12 @@ def finetune(
     if ema_decay > 0:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(trainable, decay=ema_decay, use_ema_warmup=True, power=3 / 4)
+        ema = EMAModel(trainable, decay=ema_decay, use_ema_warmup=True, power=3 / 4, foreach=device.type == "cuda")
     noise_gen = seeded_generator(seed, "finetune", "noise", rank)
+    # On a GPU the diffusion noise is drawn there: drawing a large batch's noise on the CPU took as
+    # long as the GPU step. Timesteps and caption dropout stay on the CPU generator.
+    eps_gen = _device_generator(device, seed, rank)
+    generators = {"noise": noise_gen} if eps_gen is None else {"noise": noise_gen, "device_noise": eps_gen}
     stream = EpochStream(len(dataset), seed)
     start_step, position, last_good = 0, 0, None
     if ckpt is not None:
@@ -359,8 +372,16 @@ def finetune(
         rng = ckpt.rng(rank)
         if rng is not None:
             restore_rng_state(rng, {"noise": noise_gen})
+            if eps_gen is not None:
+                if "generator.device_noise" in rng:
+                    eps_gen.set_state(rng["generator.device_noise"].to(torch.uint8))
+                else:
+                    eps_gen = generators["device_noise"] = _device_generator(device, seed, rank, ckpt.step)
+                    say(f"note: {checkpoint_dir} was written on another kind of device; GPU noise reseeded")
         else:
-            noise_gen = seeded_generator(seed, "finetune", "noise", rank, ckpt.step)
+            noise_gen = generators["noise"] = seeded_generator(seed, "finetune", "noise", rank, ckpt.step)
+            if eps_gen is not None:
+                eps_gen = generators["device_noise"] = _device_generator(device, seed, rank, ckpt.step)
             say(f"note: {checkpoint_dir} has no RNG state for rank {rank} (world size changed); noise reseeded")
         start_step, position, last_good = ckpt.step, int(ckpt.state["position"]), checkpoint_dir
     del ckpt
@@ -373,7 +394,8 @@ def finetune(
         "version": RUN_VERSION,
         "kind": "full" if full else "lora",
         "settings": settings,
-        "seeds": {"seed": seed, "data": "seeded permutation per epoch (seed, 'data', epoch)", "noise": "per rank (seed, 'finetune', 'noise', rank)"},
+        "seeds": {"seed": seed, "data": "seeded permutation per epoch (seed, 'data', epoch)", "noise": "per rank (seed, 'finetune', 'noise', rank)",
+                  "diffusion_noise_drawn_on": device.type},
         "world_size": world_size,
         "effective_batch_size": effective_batch,
         "backbone": {"name": bb.name, "source": bb.source, "latent_fingerprint": fingerprint, "transformer_signature": signature,
@@ -390,26 +412,33 @@ def finetune(
             stale.unlink(missing_ok=True)  # a fresh or resumed run's outputs come at its end
         write_json(out / RUN_JSON, run_info)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if last_good is not None else None, enabled=main)
-    timer = PhaseTimer(device)
+    timer = PhaseTimer(device, every=50)
     bar = step_progress(steps, start_step, progress and main, "finetune")
     step_times: list[float] = []
     phase_totals: dict[str, float] = {}
+    timed_steps = 0
     autocast = accelerator.autocast
     alphas_dev = alphas.to(device)
 
     # ---------------------------------------------------------------- loop
     accelerator.wait_for_everyone()
+    deadline = time.perf_counter() + 60.0 * max_minutes if max_minutes > 0 else None
+    stopped_at = None
     for step in range(start_step, steps):
         t_step = time.perf_counter()
+        timed_steps += timer.start_step(step)
         sums = {"loss": 0.0, "diffusion": 0.0, "drift": 0.0, "drift_weight_w": 0.0}
         for micro in range(grad_accum):
             with timer.phase("data"):
                 micro_position = position + micro * batch_size * world_size
                 indices = stream.rank_batch(micro_position, batch_size, world_size, rank)
                 drop = torch.rand(len(indices), generator=noise_gen) < caption_dropout if caption_dropout > 0 else torch.zeros(len(indices), dtype=torch.bool)
-                x0, text = _stack_batch(dataset, indices, empty_text, drop)
+                x0, text = dataset.batch(indices, empty_text, drop)
                 t = sample_timesteps(timestep_sampling, len(indices), num_train_timesteps, noise_gen, logit_mean, logit_std)
-                eps = torch.randn(x0.shape, generator=noise_gen)
+                if eps_gen is None:
+                    eps = torch.randn(x0.shape, generator=noise_gen)
+                else:
+                    eps = torch.randn(x0.shape, generator=eps_gen, device=device)
                 x0, text, eps, t = x0.to(device), text.to(device), eps.to(device), t.to(device)
                 abar = alphas_dev[t]
                 x_t = add_noise(x0, eps, abar)
@@ -458,14 +487,23 @@ def finetune(
                     postfix["drift"] = f"{sums['drift']:.3f}"
                 postfix.update(lr=f"{current_lr:.1e}", s_step=f"{step_times[-1]:.2f}")
                 bar.set_postfix(postfix)
-        if done % save_every == 0 or done == steps:
-            last_good = _save_training_checkpoint(accelerator, out, done, unwrapped, optimizer, noise_gen,
+        out_of_time = deadline is not None and done < steps and _past_deadline(accelerator, deadline, device)
+        if done % save_every == 0 or done == steps or out_of_time:
+            last_good = _save_training_checkpoint(accelerator, out, done, unwrapped, optimizer, generators,
                                                   {"position": position, "lr_schedule": {"kind": lr_schedule, "warmup": warmup, "next_step": done},
                                                    "settings": settings}, keep_checkpoints, ema)
+        if out_of_time:
+            stopped_at = done
+            break
     if bar is not None:
         bar.close()
+    if stopped_at is not None:
+        say(f"note: --max-minutes {max_minutes:g} reached: stopped at step {stopped_at} of {steps}; the weights below are "
+            f"step {stopped_at}'s, and `--resume` continues the run")
 
     # ---------------------------------------------------------------- final outputs
+    # totals over every step run, estimated from the timed ones (all of them on the CPU)
+    phase_seconds = {k: v * len(step_times) / max(1, timed_steps) for k, v in phase_totals.items()}
     outputs: dict[str, str] = {}
     if main:
         records = read_metrics(out / "metrics.jsonl")
@@ -483,7 +521,8 @@ def finetune(
         run_info.update(status="finished", outputs={"kind": run_info["kind"], **outputs},
                         results={"first_loss": losses[0] if losses else None, "final_loss": float(sum(tail) / len(tail)),
                                  "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
-                                 "phase_seconds": phase_totals, "steps_run_in_this_process": len(step_times)})
+                                 "phase_seconds": phase_seconds, "steps_run_in_this_process": len(step_times),
+                                 "stopped_at_step": stopped_at})
         write_json(out / RUN_JSON, run_info)
     accelerator.wait_for_everyone()
     results = run_info.get("results", {})
@@ -492,8 +531,16 @@ def finetune(
         first_loss=float(results.get("first_loss") or math.nan), final_loss=float(results.get("final_loss") or math.nan),
         world_size=world_size, effective_batch_size=effective_batch, trainable_parameters=run_info["trainable_parameters"],
         seconds_per_step=(sum(step_times) / len(step_times)) if step_times else math.nan, mixed_precision=precision,
-        backbone=bb.name, rank=rank, outputs=outputs, phase_seconds=phase_totals,
+        backbone=bb.name, rank=rank, stopped_at_step=stopped_at, outputs=outputs, phase_seconds=phase_seconds,
     )
+
+
+def _past_deadline(accelerator, deadline: float, device: torch.device) -> bool:
+    """True on every process once any process is past `deadline` (processes must stop at the same step)."""
+    late = torch.tensor([1.0 if time.perf_counter() > deadline else 0.0], device=device)
+    if accelerator.num_processes > 1:
+        late = accelerator.reduce(late, reduction="sum")
+    return bool(late.item() > 0)
 
 
 def _check_shapes(transformer, info, empty_text: torch.Tensor, uses_rope: bool, spec: str) -> None:
@@ -507,13 +554,13 @@ def _check_shapes(transformer, info, empty_text: torch.Tensor, uses_rope: bool, 
         raise LamoError(f"cache text embeddings have {empty_text.shape[0]} tokens but --backbone {spec} needs {cfg.max_text_seq_length}; re-encode the cache with this backbone")
 
 
-def _save_training_checkpoint(accelerator, out: Path, step: int, unwrapped, optimizer, noise_gen, state: dict, keep: int, ema=None) -> Path:
+def _save_training_checkpoint(accelerator, out: Path, step: int, unwrapped, optimizer, generators: dict, state: dict, keep: int, ema=None) -> Path:
     """Every rank writes its RNG file into the temp folder, rank 0 the rest; rank 0 renames it into place."""
     tmp = pending_checkpoint_dir(out, step)
     if accelerator.is_main_process:
         begin_checkpoint(out, step)
     accelerator.wait_for_everyone()
-    write_rng_file(tmp, accelerator.process_index, {"noise": noise_gen})
+    write_rng_file(tmp, accelerator.process_index, generators)
     if accelerator.is_main_process:
         weights = _trainable_state(unwrapped)
         write_checkpoint_files(tmp, weights=weights, optimizer=optimizer, state={**state, "step": step})

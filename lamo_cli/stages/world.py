@@ -18,6 +18,7 @@ def make_world(
     families: str | Sequence[str] | None = None,
     num_frames: int = 33,
     size: int = 64,
+    workers: int | None = None,
     progress: bool = True,
 ) -> WorldSummary:
     """Write n clips (families in rotation) into `out`; deterministic in (seed, split, index).
@@ -37,15 +38,17 @@ def make_world(
         raise LamoError(f"--frames {num_frames}: use 8k+1 frames, at least 9 (e.g. 33), so the VAE decodes the clip back exactly")
     if size < 32 or size > 512 or size % 8:
         raise LamoError(f"--size {size}: use a multiple of 8 between 32 and 512 (e.g. 64)")
+    if workers is not None and workers < 1:
+        raise LamoError(f"--workers {workers}: give at least 1 process (or leave it out for the default)")
     out_path = Path(out)
     if out_path.exists() and not out_path.is_dir():
         raise LamoError(f"--out {out_path}: exists and is not a folder; choose a folder path")
 
     if not progress:
-        return write_world(out_path, n, split, seed, chosen, num_frames, size)
+        return write_world(out_path, n, split, seed, chosen, num_frames, size, workers=workers)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("world"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("clips", total=n)
         return write_world(out_path, n, split, seed, chosen, num_frames, size,
-                           progress=lambda done: bar.update(task, completed=done))
+                           progress=lambda done: bar.update(task, completed=done), workers=workers)

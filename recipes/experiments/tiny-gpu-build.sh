@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build a 2x-temporal `tiny` on one GPU in a fixed time (docs/RESULTS.md, "`tiny` built on one GPU").
+# The VAE recipe whose reconstructions passed PC 68% there (batches of 16: plain, then the
+# frame-difference + moment losses, then the decoder alone on noisy latents) is scaled to
+# VAE_MINUTES; the transformer then trains from scratch for TRANSFORMER_MINUTES at batch 128
+# (build-tiny measures each phase's speed first and fits the step counts; plan.json records them).
+# About VAE_MINUTES + TRANSFORMER_MINUTES + 2 minutes in all (world, decoding, encoding, probes).
+# Run from the repository root where lamo and its dependencies are installed. Then, on any machine:
+#   lamo generate --backbone "$OUT/model" --prompts-file recipes/experiments/test-prompts-36.txt \
+#     --steps 30 --prior none --out gen && lamo eval gen
+set -euo pipefail
+OUT=${OUT:-tiny-gpu}
+DEVICE=${DEVICE:-cuda}
+CLIPS=${CLIPS:-3000}
+VAE_MINUTES=${VAE_MINUTES:-4}
+TRANSFORMER_MINUTES=${TRANSFORMER_MINUTES:-3}
+VAE_BATCH=${VAE_BATCH:-16}
+TRANSFORMER_BATCH=${TRANSFORMER_BATCH:-128}
+LAMO=${LAMO:-lamo}  # e.g. LAMO="python3 -m lamo_cli.cli" where the package is on PYTHONPATH only
+
+$LAMO build-tiny --out "$OUT" --device "$DEVICE" --clips "$CLIPS" --temporal-compression 2 \
+  --vae-batch-size "$VAE_BATCH" --vae-steps 1433 --vae-small-crop-steps 477 --motion-steps 1013 --moment-weight 0.5 \
+  --decoder-steps 380 --vae-minutes "$VAE_MINUTES" \
+  --transformer-batch-size "$TRANSFORMER_BATCH" --transformer-lr 1e-3 --transformer-steps 20000 \
+  --transformer-minutes "$TRANSFORMER_MINUTES" --transformer-timestep-sampling logit-normal --transformer-logit-mean -0.5 \
+  --no-progress
