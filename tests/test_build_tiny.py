@@ -3,6 +3,7 @@ and a rerun skips what is done."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,4 +289,92 @@ def test_build_tiny_time_budgets_fit_the_steps_and_are_kept_on_rerun(tmp_path, m
 def test_build_tiny_rejects_a_negative_time_budget(tmp_path, option):
     result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), option, "-1", "--no-progress"])
     assert result.exit_code != 0 and f"{option} -1" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_4x_vae_starts_a_2x_one_and_a_wrong_folder_is_refused(tmp_path):
+    """The temporal compression has no weights of its own: the shipped 4x VAE loads into the 2x
+    architecture unchanged (every tensor equal). Anything else is a one-line error."""
+    from lamo_cli.backbones.cogvideox import TINY_WEIGHTS, tiny_untrained_components
+    from lamo_cli.errors import LamoError
+    from lamo_cli.stages.build_tiny import _load_vae_weights, vae_weights
+
+    vae = tiny_untrained_components(temporal_compression=2)["vae"]
+    _load_vae_weights(vae, TINY_WEIGHTS)
+    shipped = vae_weights(TINY_WEIGHTS / "vae")
+    assert all(torch.equal(vae.state_dict()[k], shipped[k]) for k in shipped)
+    with pytest.raises(LamoError, match="no VAE weights"):
+        _load_vae_weights(vae, tmp_path)
+    other = tiny_untrained_components()["transformer"]  # safetensors of another architecture
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(LamoError, match="another architecture"):
+        _load_vae_weights(vae, tmp_path / "other")
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), "--vae-init-from", str(tmp_path), "--no-progress"])
+    assert result.exit_code != 0 and "--vae-init-from" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), "--vae-steps", "0", "--no-progress"])
+    assert result.exit_code != 0 and "--vae-steps 0" in result.output and not (tmp_path / "b").exists()
+
+
+def test_build_tiny_vae_init_from_skips_the_plain_phase(tmp_path, monkeypatch):
+    """--vae-init-from with --vae-steps 0: the motion phase starts from the given weights, the
+    decoder phase from the motion phase's last checkpoint (stand-in trainers record what they got)."""
+    import lamo_cli.stages.build_tiny as bt
+    import lamo_cli.stages.finetune as ft
+    from lamo_cli.backbones.cogvideox import tiny_untrained_components
+    from lamo_cli.training import save_checkpoint
+
+    source = tmp_path / "source-vae"
+    tiny_untrained_components()["vae"].save_pretrained(source)
+    calls = []
+
+    def fake_train_vae(world_dir, out, steps, init_from=None, decoder_only=False, **kwargs):
+        calls.append((out.name, steps, None if init_from is None else Path(init_from)))
+        vae = tiny_untrained_components()["vae"]
+        save_checkpoint(out, steps, weights=vae.state_dict(), optimizer=torch.optim.SGD(vae.parameters(), lr=0.1), state={})
+        return {"vae": vae, "l1": 0.1}
+
+    def fake_finetune(out, steps, **kwargs):
+        tiny_untrained_components()["transformer"].save_pretrained(out / "transformer")
+
+    monkeypatch.setattr(bt, "train_vae", fake_train_vae)
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    out = tmp_path / "warm"
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--vae-init-from", str(source), "--vae-steps", "0",
+                                      "--motion-steps", "3", "--decoder-steps", "2", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("vae-motion", 3, source), ("vae-decoder", 2, out / "vae-motion" / "checkpoints" / "step-000003")]
+    assert json.loads((out / "build.json").read_text())["vae_init_from"] == str(source)
+
+
+def test_build_tiny_transformer_init_from_starts_from_those_weights(tmp_path, monkeypatch):
+    """--transformer-init-from: the transformer phase starts from the given model's transformer (the
+    shipped 4x one into a 2x build here); a folder without one is a one-line error before any work."""
+    import lamo_cli.stages.build_tiny as bt
+    import lamo_cli.stages.finetune as ft
+    from lamo_cli.backbones.cogvideox import TINY_WEIGHTS, tiny_untrained_components
+
+    seen = {}
+
+    def fake_train_vae(world_dir, out, steps, **kwargs):
+        return {"vae": tiny_untrained_components(temporal_compression=2)["vae"], "l1": 0.1}
+
+    def fake_finetune(out, steps, backbone, **kwargs):
+        from safetensors.torch import load_file
+
+        seen.update(load_file(str(Path(backbone) / "transformer" / "diffusion_pytorch_model.safetensors")))
+        tiny_untrained_components(temporal_compression=2)["transformer"].save_pretrained(out / "transformer")
+
+    monkeypatch.setattr(bt, "train_vae", fake_train_vae)
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    out = tmp_path / "warm"
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--temporal-compression", "2", "--vae-steps", "1",
+                                      "--decoder-steps", "0", "--transformer-init-from", str(TINY_WEIGHTS), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(TINY_WEIGHTS / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert seen.keys() == shipped.keys() and all(torch.equal(seen[k], shipped[k]) for k in shipped)
+    bad = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), "--transformer-init-from", str(tmp_path), "--no-progress"])
+    assert bad.exit_code != 0 and "--transformer-init-from" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "b").exists()

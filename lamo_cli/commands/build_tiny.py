@@ -30,6 +30,8 @@ def command(
     transformer_logit_mean: Annotated[float, typer.Option(help="Mean of the logit-normal timestep density (negative = more low-noise steps).")] = 0.0,
     transformer_logit_std: Annotated[float, typer.Option(help="Spread of the logit-normal timestep density.")] = 1.0,
     transformer_mixed_precision: Annotated[str, typer.Option(help="Transformer phase precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPU: faster where it has AMX), fp16.")] = "auto",
+    vae_init_from: Annotated[Optional[str], typer.Option(help="Start the VAE from these weights instead of random ones: a model folder (e.g. lamo_cli/weights/tiny), a diffusers VAE folder or a VAE checkpoint. A 4x VAE's weights start a 2x one (time is pooled without weights), at the 4x VAE's reconstruction quality; then --vae-steps 0 skips the plain phase.", show_default=False)] = None,
+    transformer_init_from: Annotated[Optional[str], typer.Option(help="Start the transformer from a model folder's (e.g. lamo_cli/weights/tiny) instead of from scratch; a 4x model's starts a 2x one.", show_default=False)] = None,
     vae_minutes: Annotated[float, typer.Option(help="Train the VAE phases for about this long instead: probe steps measure their speed here, then --vae-steps, --motion-steps and --decoder-steps are scaled together to fit (0 = use the step counts).")] = 0.0,
     transformer_minutes: Annotated[float, typer.Option(help="Train the transformer for about this long instead of --transformer-steps (measured the same way; 0 = use the step count).")] = 0.0,
     install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
@@ -47,7 +49,8 @@ def command(
                          transformer_ema_decay=transformer_ema_decay, transformer_timestep_sampling=transformer_timestep_sampling,
                          transformer_logit_mean=transformer_logit_mean, transformer_logit_std=transformer_logit_std,
                          transformer_mixed_precision=transformer_mixed_precision, vae_minutes=vae_minutes,
-                         transformer_minutes=transformer_minutes, install=install, device=device, progress=progress)
+                         transformer_minutes=transformer_minutes, vae_init_from=vae_init_from,
+                         transformer_init_from=transformer_init_from, install=install, device=device, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

@@ -136,7 +136,7 @@ def train_vae(
         ckpt.load_optimizer(optimizer)
         start = ckpt.step
     elif init_from is not None:
-        vae.load_state_dict(load_checkpoint(init_from).weights)
+        _load_vae_weights(vae, init_from)
     clips = torch.from_numpy(_load_world_clips(Path(world_dir)) if frames is None else frames)
     latent_std = 1.0 / latent_scaling_factor(vae, clips[:16].numpy()) if decoder_only and latent_noise > 0 else 0.0
     log = MetricsLog(out / "metrics.jsonl", resume_step=start)
@@ -202,6 +202,62 @@ def train_vae(
     plot_loss_curve(read_metrics(out / "metrics.jsonl"), out / "loss.png", ["l1", "weighted_l1", "kl"], title="tiny VAE")
     log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:8])})
     return {"vae": vae.cpu().eval().requires_grad_(False), "l1": l1}
+
+
+def vae_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The VAE weights in `source`: a train_vae checkpoint folder, a diffusers VAE folder
+    (`save_pretrained`), or a model folder holding one in vae/ (e.g. lamo_cli/weights/tiny)."""
+    from lamo_cli.training import WEIGHTS_FILE, load_safetensors_checked
+
+    folder = Path(source)
+    for candidate in (folder / WEIGHTS_FILE, folder / "diffusion_pytorch_model.safetensors",
+                      folder / "vae" / "diffusion_pytorch_model.safetensors"):
+        if candidate.is_file():
+            return load_safetensors_checked(candidate)
+    raise LamoError(f"--vae-init-from {source}: no VAE weights there; give a model folder (with vae/), "
+                    "a diffusers VAE folder or a VAE checkpoint folder")
+
+
+def _load_vae_weights(vae, source: str | os.PathLike) -> None:
+    """Load `source`'s VAE weights into `vae`. The temporal compression is not a weight (time is
+    pooled and interpolated without parameters), so a 4x VAE's weights start a 2x one: its
+    reconstructions are then about as good as the 4x VAE's before any training."""
+    weights = vae_weights(source)
+    expected = vae.state_dict()
+    wrong = sorted(k for k in expected if k not in weights or weights[k].shape != expected[k].shape)
+    if wrong or set(weights) - set(expected):
+        raise LamoError(f"--vae-init-from {source}: its VAE is another architecture than tiny's "
+                        f"(e.g. {(wrong or sorted(set(weights) - set(expected)))[0]}); give a tiny VAE")
+    vae.load_state_dict(weights)
+
+
+def _load_transformer_weights(transformer, source: str | os.PathLike) -> None:
+    """Load the transformer weights of model folder `source` (its transformer/) into `transformer`.
+    Its temporal compression is not a weight (the sincos positions follow the clip), so the 4x
+    `tiny`'s denoiser starts a 2x one."""
+    from lamo_cli.training import load_safetensors_checked
+
+    path = Path(source) / "transformer" / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        raise LamoError(f"--transformer-init-from {source}: no transformer/diffusion_pytorch_model.safetensors there; give a model folder such as lamo_cli/weights/tiny")
+    weights = load_safetensors_checked(path)
+    expected = transformer.state_dict()
+    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected):
+        raise LamoError(f"--transformer-init-from {source}: its transformer is another architecture than tiny's; give a tiny model folder")
+    transformer.load_state_dict(weights)
+
+
+def _start_transformer_from(folder: Path, source: str | os.PathLike) -> None:
+    """Overwrite the model folder's untrained transformer (`folder`, diffusers layout) with `source`'s weights, atomically."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    transformer = CogVideoXTransformer3DModel.from_pretrained(str(folder))
+    _load_transformer_weights(transformer, source)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    transformer.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def _motion_loss(recon: torch.Tensor, target: torch.Tensor, foreground_weight: float, threshold: float = 0.08) -> torch.Tensor:
@@ -345,6 +401,8 @@ def build_tiny(
     vae_minutes: float = 0.0,
     transformer_minutes: float = 0.0,
     probe_steps: int = 8,
+    vae_init_from: str | os.PathLike | None = None,
+    transformer_init_from: str | os.PathLike | None = None,
     install: bool = False,
     device: str | None = None,
     progress: bool = True,
@@ -382,10 +440,17 @@ def build_tiny(
         (transformer_minutes >= 0 and math.isfinite(transformer_minutes),
          f"--transformer-minutes {transformer_minutes}: must be >= 0 (0 = use --transformer-steps)"),
         (probe_steps >= 3, f"probe_steps {probe_steps}: must be at least 3"),
+        (vae_steps >= 1 or (vae_steps == 0 and vae_init_from is not None),
+         f"--vae-steps {vae_steps}: must be at least 1 (0 only with --vae-init-from: start from those weights)"),
+        (min(motion_steps, decoder_steps, vae_small_crop_steps) >= 0, "--motion-steps, --decoder-steps and --vae-small-crop-steps must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise LamoError(message)
+    if vae_init_from is not None:  # a wrong folder fails here, before any work
+        _load_vae_weights(tiny_untrained_components(temporal_compression=temporal_compression)["vae"], vae_init_from)
+    if transformer_init_from is not None:
+        _load_transformer_weights(tiny_untrained_components(temporal_compression=temporal_compression)["transformer"], transformer_init_from)
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)
@@ -434,16 +499,20 @@ def build_tiny(
                 shutil.rmtree(probe_dir, ignore_errors=True)
             vae_steps, motion_steps, decoder_steps = (int(plan["vae"]["steps"][k]) for k in ("vae", "motion", "decoder"))
             vae_small_crop_steps = int(plan["vae"]["small_crop_steps"])
-        trained = train_vae(world_dir, vae_dir, steps=vae_steps, small_crop_steps=vae_small_crop_steps, batch_size=vae_batch_size,
-                            save_every=save_every, seed=seed, **phases["vae"][1], **shape)
-        last_dir = vae_dir
-        for name, n in (("motion", motion_steps), ("decoder", decoder_steps)):
+        source, trained = vae_init_from, None  # what the next phase starts from (None: random weights)
+        for name, n in (("vae", vae_steps), ("motion", motion_steps), ("decoder", decoder_steps)):
             if n > 0:
-                trained = train_vae(world_dir, phases[name][0], steps=n, batch_size=vae_batch_size, save_every=save_every, seed=seed,
-                                    init_from=latest_checkpoint(last_dir), **phases[name][1], **shape)
-                last_dir = phases[name][0] if name == "motion" else last_dir
-        vae = trained["vae"]
-        summary.vae_l1 = trained["l1"]
+                folder, settings = phases[name]
+                crops = {"small_crop_steps": vae_small_crop_steps} if name == "vae" else {}
+                trained = train_vae(world_dir, folder, steps=n, batch_size=vae_batch_size, save_every=save_every, seed=seed,
+                                    init_from=source, **crops, **settings, **shape)
+                if name != "decoder":  # the decoder phase leaves the latent space as it was
+                    source = latest_checkpoint(folder)
+        if trained is None:  # no VAE steps at all: the given weights as they are
+            vae = tiny_untrained_components(temporal_compression=temporal_compression)["vae"]
+            _load_vae_weights(vae, vae_init_from)
+        else:
+            vae, summary.vae_l1 = trained["vae"], trained["l1"]
         factor = summary.scaling_factor = latent_scaling_factor(vae, frames)
         del frames
         vae.register_to_config(scaling_factor=factor)
@@ -460,7 +529,9 @@ def build_tiny(
     encode([world_dir], backbone=str(model_dir), out=cache_dir, device=device, progress=progress)
     summary.phases["encode"] = "done"
 
-    # 5. the denoiser, from scratch (a plain model: the drift loss is LaMo's job, later)
+    # 5. the denoiser, from scratch or from --transformer-init-from (a plain model: the drift loss is LaMo's job, later)
+    if transformer_init_from is not None and not (run_dir / "checkpoints").is_dir():
+        _start_transformer_from(model_dir / "transformer", transformer_init_from)
     train = dict(
         cache=cache_dir,
         backbone=str(model_dir),
@@ -510,7 +581,9 @@ def build_tiny(
                                     "transformer_timestep_sampling": transformer_timestep_sampling,
                                     "transformer_logit_mean": transformer_logit_mean, "transformer_logit_std": transformer_logit_std,
                                     "transformer_mixed_precision": transformer_mixed_precision,
-                                    "vae_minutes": vae_minutes, "transformer_minutes": transformer_minutes, "plan": plan or None})
+                                    "vae_minutes": vae_minutes, "transformer_minutes": transformer_minutes, "plan": plan or None,
+                                    "vae_init_from": None if vae_init_from is None else str(vae_init_from),
+                                    "transformer_init_from": None if transformer_init_from is None else str(transformer_init_from)})
 
     # 6. install into the package
     if install:
