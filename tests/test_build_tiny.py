@@ -104,6 +104,8 @@ def test_build_tiny_toy_scale(tmp_path):
     for phase, on in (("vae-train", False), ("vae-motion", True), ("vae-decoder", True)):
         rows = [json.loads(line) for line in (out / phase / "metrics.jsonl").read_text().splitlines()]
         assert all((r["moment"] > 0) == on for r in rows if "moment" in r) and any("moment" in r for r in rows)
+        # the whole-clip reconstruction L1 is measured once, on the finished VAE
+        assert any("eval_l1_full_clip" in r for r in rows) == (phase == "vae-decoder")
     shipped_vae = backbone.vae.state_dict()
     encoder = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
     decoder = [k for k in base if k.startswith("decoder.")]

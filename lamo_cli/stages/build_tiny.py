@@ -80,6 +80,7 @@ def train_vae(
     device: str | torch.device | None = None,
     progress: bool = True,
     frames: np.ndarray | None = None,
+    eval_clips: int = 8,
 ) -> dict[str, Any]:
     """Train the tiny VAE (foreground-weighted L1 + KL) on random `window_frames` x `crop`^2 windows;
     resumes from `out/checkpoints`, else starts from checkpoint `init_from` or from scratch. Crops
@@ -107,7 +108,8 @@ def train_vae(
     `device`: where to train (default: the CPU). Batches and noise are drawn on the CPU from the
     step's seed either way, so a run is the same sequence of samples on any device; the returned
     VAE is on the CPU. `frames`: the clips of `world_dir` already decoded ([N, F, H, W, 3] uint8),
-    so that several phases over thousands of clips decode them once."""
+    so that several phases over thousands of clips decode them once. `eval_clips`: how many whole
+    clips the final reconstruction L1 (metrics.jsonl `eval_l1_full_clip`) is measured on (0: none)."""
     from lamo_cli.backbones.cogvideox import resolve_device, tiny_untrained_components
     from lamo_cli.training import (
         LRSchedule,
@@ -200,7 +202,8 @@ def train_vae(
     if bar is not None:
         bar.close()
     plot_loss_curve(read_metrics(out / "metrics.jsonl"), out / "loss.png", ["l1", "weighted_l1", "kl"], title="tiny VAE")
-    log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:8])})
+    if eval_clips > 0:
+        log.write({"step": steps, "eval_l1_full_clip": _full_clip_l1(vae.eval(), clips[:eval_clips])})
     return {"vae": vae.cpu().eval().requires_grad_(False), "l1": l1}
 
 
@@ -490,7 +493,7 @@ def build_tiny(
                         folder = probe_dir / name
                         shutil.rmtree(folder, ignore_errors=True)
                         train_vae(world_dir, folder, steps=probe_steps, batch_size=vae_batch_size, save_every=probe_steps, seed=seed,
-                                  **phases[name][1], **{**shape, "progress": False})
+                                  eval_clips=0, **phases[name][1], **{**shape, "progress": False})
                         speeds[name] = measured_seconds_per_step(folder / "metrics.jsonl", skip=probe_steps // 2)
                 fitted = fit_steps_to_budget(planned, speeds, vae_minutes)
                 plan["vae"] = {"minutes": vae_minutes, "seconds_per_step": speeds, "steps": fitted,
@@ -500,21 +503,22 @@ def build_tiny(
             vae_steps, motion_steps, decoder_steps = (int(plan["vae"]["steps"][k]) for k in ("vae", "motion", "decoder"))
             vae_small_crop_steps = int(plan["vae"]["small_crop_steps"])
         source, trained = vae_init_from, None  # what the next phase starts from (None: random weights)
-        for name, n in (("vae", vae_steps), ("motion", motion_steps), ("decoder", decoder_steps)):
-            if n > 0:
-                folder, settings = phases[name]
-                crops = {"small_crop_steps": vae_small_crop_steps} if name == "vae" else {}
-                trained = train_vae(world_dir, folder, steps=n, batch_size=vae_batch_size, save_every=save_every, seed=seed,
-                                    init_from=source, **crops, **settings, **shape)
-                if name != "decoder":  # the decoder phase leaves the latent space as it was
-                    source = latest_checkpoint(folder)
+        to_run = [(name, n) for name, n in (("vae", vae_steps), ("motion", motion_steps), ("decoder", decoder_steps)) if n > 0]
+        for name, n in to_run:
+            folder, settings = phases[name]
+            crops = {"small_crop_steps": vae_small_crop_steps} if name == "vae" else {}
+            last = name == to_run[-1][0]  # whole-clip L1 of the finished VAE only (slow on a CPU)
+            trained = train_vae(world_dir, folder, steps=n, batch_size=vae_batch_size, save_every=save_every, seed=seed,
+                                init_from=source, eval_clips=8 if last else 0, **crops, **settings, **shape)
+            if name != "decoder":  # the decoder phase leaves the latent space as it was
+                source = latest_checkpoint(folder)
         if trained is None:  # no VAE steps at all: the given weights as they are
             vae = tiny_untrained_components(temporal_compression=temporal_compression)["vae"]
             _load_vae_weights(vae, vae_init_from)
         else:
             vae, summary.vae_l1 = trained["vae"], trained["l1"]
-        factor = summary.scaling_factor = latent_scaling_factor(vae, frames)
-        del frames
+        factor = summary.scaling_factor = latent_scaling_factor(vae.to(device), frames)  # on the GPU when training was
+        vae, frames = vae.cpu(), None
         vae.register_to_config(scaling_factor=factor)
         parts = tiny_untrained_components(temporal_compression=temporal_compression)
         parts["vae"] = vae
