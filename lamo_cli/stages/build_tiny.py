@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,6 @@ class BuildTinySummary:
 
 def _load_world_clips(world_dir: Path) -> np.ndarray:
     import decord
-
-    from concurrent.futures import ThreadPoolExecutor
 
     paths = sorted(world_dir.glob("*.mp4"))
     if not paths:
@@ -221,17 +220,22 @@ def vae_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
                     "a diffusers VAE folder or a VAE checkpoint folder")
 
 
+def _load_same_architecture(module: torch.nn.Module, weights: dict[str, torch.Tensor], option: str, source) -> None:
+    """`module.load_state_dict(weights)`, or a one-line error naming `option` when any name or shape differs."""
+    expected = module.state_dict()
+    wrong = sorted(k for k in expected.keys() | weights.keys()
+                   if k not in weights or k not in expected or weights[k].shape != expected[k].shape)
+    if wrong:
+        raise LamoError(f"{option} {source}: its {type(module).__name__} is another architecture than tiny's "
+                        f"(e.g. {wrong[0]}); give a tiny model's folder")
+    module.load_state_dict(weights)
+
+
 def _load_vae_weights(vae, source: str | os.PathLike) -> None:
     """Load `source`'s VAE weights into `vae`. The temporal compression is not a weight (time is
     pooled and interpolated without parameters), so a 4x VAE's weights start a 2x one: its
     reconstructions are then about as good as the 4x VAE's before any training."""
-    weights = vae_weights(source)
-    expected = vae.state_dict()
-    wrong = sorted(k for k in expected if k not in weights or weights[k].shape != expected[k].shape)
-    if wrong or set(weights) - set(expected):
-        raise LamoError(f"--vae-init-from {source}: its VAE is another architecture than tiny's "
-                        f"(e.g. {(wrong or sorted(set(weights) - set(expected)))[0]}); give a tiny VAE")
-    vae.load_state_dict(weights)
+    _load_same_architecture(vae, vae_weights(source), "--vae-init-from", source)
 
 
 def _load_transformer_weights(transformer, source: str | os.PathLike) -> None:
@@ -243,11 +247,7 @@ def _load_transformer_weights(transformer, source: str | os.PathLike) -> None:
     path = Path(source) / "transformer" / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
         raise LamoError(f"--transformer-init-from {source}: no transformer/diffusion_pytorch_model.safetensors there; give a model folder such as lamo_cli/weights/tiny")
-    weights = load_safetensors_checked(path)
-    expected = transformer.state_dict()
-    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected):
-        raise LamoError(f"--transformer-init-from {source}: its transformer is another architecture than tiny's; give a tiny model folder")
-    transformer.load_state_dict(weights)
+    _load_same_architecture(transformer, load_safetensors_checked(path), "--transformer-init-from", source)
 
 
 def _start_transformer_from(folder: Path, source: str | os.PathLike) -> None:
@@ -450,10 +450,12 @@ def build_tiny(
     for ok, message in checks:
         if not ok:
             raise LamoError(message)
-    if vae_init_from is not None:  # a wrong folder fails here, before any work
-        _load_vae_weights(tiny_untrained_components(temporal_compression=temporal_compression)["vae"], vae_init_from)
-    if transformer_init_from is not None:
-        _load_transformer_weights(tiny_untrained_components(temporal_compression=temporal_compression)["transformer"], transformer_init_from)
+    if vae_init_from is not None or transformer_init_from is not None:  # a wrong folder fails here, before any work
+        untrained = tiny_untrained_components(temporal_compression=temporal_compression)
+        if vae_init_from is not None:
+            _load_vae_weights(untrained["vae"], vae_init_from)
+        if transformer_init_from is not None:
+            _load_transformer_weights(untrained["transformer"], transformer_init_from)
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)

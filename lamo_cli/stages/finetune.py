@@ -192,12 +192,11 @@ def _validate(*, steps: int, batch_size: int, grad_accum: int, lr: float, warmup
             raise LamoError(message)
 
 
-def _device_generator(device: torch.device, seed: int, rank: int, step: int | None = None) -> torch.Generator | None:
+def _device_generator(device: torch.device, seed: int, rank: int) -> torch.Generator | None:
     """The GPU generator of the diffusion noise (None on the CPU, where `noise_gen` draws it)."""
     if device.type != "cuda":
         return None
-    parts = (seed, "finetune", "device-noise", rank) + (() if step is None else (step,))
-    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, "finetune", "device-noise", rank))
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
@@ -372,16 +371,15 @@ def finetune(
         rng = ckpt.rng(rank)
         if rng is not None:
             restore_rng_state(rng, {"noise": noise_gen})
-            if eps_gen is not None:
-                if "generator.device_noise" in rng:
-                    eps_gen.set_state(rng["generator.device_noise"].to(torch.uint8))
-                else:
-                    eps_gen = generators["device_noise"] = _device_generator(device, seed, rank, ckpt.step)
-                    say(f"note: {checkpoint_dir} was written on another kind of device; GPU noise reseeded")
+            if eps_gen is not None and "generator.device_noise" in rng:
+                eps_gen.set_state(rng["generator.device_noise"].to(torch.uint8))
+            elif eps_gen is not None:
+                eps_gen.manual_seed(derive_seed(seed, "finetune", "device-noise", rank, ckpt.step))
+                say(f"note: {checkpoint_dir} was written on another kind of device; GPU noise reseeded")
         else:
-            noise_gen = generators["noise"] = seeded_generator(seed, "finetune", "noise", rank, ckpt.step)
+            noise_gen.manual_seed(derive_seed(seed, "finetune", "noise", rank, ckpt.step))  # = seeded_generator(..., step)
             if eps_gen is not None:
-                eps_gen = generators["device_noise"] = _device_generator(device, seed, rank, ckpt.step)
+                eps_gen.manual_seed(derive_seed(seed, "finetune", "device-noise", rank, ckpt.step))
             say(f"note: {checkpoint_dir} has no RNG state for rank {rank} (world size changed); noise reseeded")
         start_step, position, last_good = ckpt.step, int(ckpt.state["position"]), checkpoint_dir
     del ckpt
