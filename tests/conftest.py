@@ -18,6 +18,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # also inherited by subprocesses s
 # Tests that do not name a backbone get the fast random one, whether or not `tiny` is installed.
 os.environ.setdefault("LAMO_DEFAULT_BACKBONE", "tiny-random")
 
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist each worker gets its share of the cores, so workers do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+_share_cores_between_workers()
+
 COLOURS = [(230, 40, 40), (40, 200, 60), (50, 90, 240), (240, 210, 40), (200, 60, 220), (40, 210, 220)]
 COLOUR_NAMES = ["red", "green", "blue", "yellow", "magenta", "cyan"]
 

@@ -12,6 +12,7 @@ from lamo_cli.backbones.cogvideox import (
     TINY_RANDOM_FORMAT,
     CogVideoXBackbone,
     _resize_crop_region,
+    small_vae_runs_one_clip_on_one_thread,
     tiny_random_components,
 )
 from lamo_cli.errors import LamoError
@@ -132,3 +133,32 @@ def test_fingerprint_ignores_the_decoder_but_not_the_scaling_factor(tiny, tmp_pa
     assert other.latent_fingerprint() == tiny.latent_fingerprint()
     other.vae.register_to_config(scaling_factor=tiny.scaling_factor * 1.5)
     assert other.latent_fingerprint() != tiny.latent_fingerprint()
+
+
+def test_a_one_clip_batch_is_doubled_only_for_a_small_vae_on_a_multithreaded_cpu(tiny, monkeypatch):
+    assert small_vae_runs_one_clip_on_one_thread((32, 32, 64), 64)  # tiny
+    assert not small_vae_runs_one_clip_on_one_thread((128, 256, 256, 512), 480)  # CogVideoX-2B / 5B
+    fmt = tiny.video_format
+    one = torch.zeros(1, 3, fmt.num_frames, fmt.height, fmt.width)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert tiny._onednn_batch(one).shape[0] == 2
+    assert tiny._onednn_batch(torch.zeros(3, *one.shape[1:])).shape[0] == 3  # a real batch is left alone
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert tiny._onednn_batch(one).shape[0] == 1  # one thread: nothing to gain
+
+
+def test_the_doubled_batch_gives_the_same_clip(tiny):
+    fmt = tiny.video_format
+    frames = np.random.default_rng(1).integers(0, 255, (1, fmt.num_frames, fmt.height, fmt.width, 3), dtype=np.uint8)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        mean, logvar = tiny.encode_video(frames)
+        video = tiny.decode_latents(mean * tiny.scaling_factor)
+        pair_mean, _ = tiny.encode_video(np.concatenate([frames, frames]))
+        pair_video = tiny.decode_latents(torch.cat([mean, mean]) * tiny.scaling_factor)
+    finally:
+        torch.set_num_threads(previous)
+    assert mean.shape[0] == logvar.shape[0] == 1 and video.shape[0] == 1
+    assert torch.allclose(mean, pair_mean[:1], atol=1e-5)  # same kernel either way: a batch of two
+    assert np.abs(video.astype(int) - pair_video[:1].astype(int)).max() <= 1

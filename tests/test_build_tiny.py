@@ -285,6 +285,9 @@ def test_build_tiny_time_budgets_fit_the_steps_and_are_kept_on_rerun(tmp_path, m
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert [c[2] for c in calls] == [545, 273, 218, 1200] and json.loads((out / "plan.json").read_text()) == plan
+    calls.clear()  # another budget in the same folder is refused before any work, not silently ignored
+    other = CliRunner().invoke(app, [a if a != "10" else "5" for a in args])
+    assert other.exit_code == 2 and "--vae-minutes 10" in other.output and "Traceback" not in other.output and not calls
 
 
 @pytest.mark.parametrize("option", ["--vae-minutes", "--transformer-minutes"])

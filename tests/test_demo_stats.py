@@ -80,14 +80,44 @@ def test_arm_stats_covers_every_metric_and_rejects_mismatched_shapes():
         metric_stats(np.zeros((0, 3)))
 
 
+QUICK_RECIPE = """backbone = "tiny-random"
+[fit_prior]
+steps = 20
+batch_size = 4
+width = 16
+depth = 1
+warmup = 2
+save_every = 10
+[finetune]
+steps = 8
+drift_weight = 0.4
+lora_rank = 4
+lora_alpha = 4
+warmup = 2
+batch_size = 2
+gradient_checkpointing = false
+save_every = 4
+[generate]
+steps = 6
+guidance_scale = 15.0
+seed = 42
+"""
+
+
 def test_demo_with_two_seeds_on_the_ood_split(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--seeds", "0,1", "--test-prompts", "2",
-                                      "--train-clips", "6", "--split", "ood", "--no-progress"])
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(QUICK_RECIPE)
+    args = ["demo", "--out", str(out), "--seeds", "0,1", "--test-prompts", "2", "--train-clips", "6", "--split", "ood",
+            "--recipe", str(recipe), "--no-progress"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "±" in result.output
+    assert "±" in result.output and "quick.toml" in result.output
     summary = json.loads((out / "demo.json").read_text())
     assert summary["split"] == "ood" and summary["seeds"] == [0, 1]
+    assert summary["recipe_file"] == str(recipe) and summary["recipe"]["fit_prior"]["steps"] == 20
+    assert json.loads((out / "prior-s0" / "config.json").read_text())["steps"] == 20  # the recipe reached the stages
+    assert json.loads(next((out / "videos" / "plain-s0").glob("*.json")).read_text())["settings"]["steps"] == 6
     assert [row["arm"] for row in summary["table"]] == ["ground truth (renders)", "plain", "+drift", "+guidance", "both"]
     for row in summary["table"][1:]:
         for metric in ("SA", "PC", "Joint", "dynamic"):
@@ -113,8 +143,7 @@ def test_demo_with_two_seeds_on_the_ood_split(tmp_path):
 
     # a rerun in the same folder reuses the finished priors and fine-tunes
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*-s*/*.json")}
-    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--seeds", "0,1", "--test-prompts", "2",
-                                     "--train-clips", "6", "--split", "ood", "--no-progress"])
+    again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     rerun = json.loads((out / "demo.json").read_text())["table"]
@@ -143,3 +172,15 @@ def test_demo_rejects_bad_seeds_and_split(tmp_path):
     assert bad_seeds.exit_code == 2 and "--seeds" in bad_seeds.output
     bad_split = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--split", "train", "--no-progress"])
     assert bad_split.exit_code == 2 and "--split" in bad_split.output
+    missing = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--recipe", str(tmp_path / "nope.toml"), "--no-progress"])
+    assert missing.exit_code == 2 and "--recipe" in missing.output and "Traceback" not in missing.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_recipe_is_the_backbones_demo_recipe_when_there_is_one():
+    from lamo_cli.recipes import RECIPES_DIR
+    from lamo_cli.stages.demo import demo_recipe_for
+
+    assert demo_recipe_for("tiny") == RECIPES_DIR / "tiny-demo.toml"
+    assert demo_recipe_for("tiny-random") == RECIPES_DIR / "tiny-random.toml"  # no tiny-random-demo.toml
+    assert demo_recipe_for("cogvideox-2b") == RECIPES_DIR / "cogvideox-2b.toml"

@@ -20,7 +20,7 @@ RECIPES = sorted(RECIPES_DIR.glob("*.toml"))
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_keys_are_stage_parameters(path):
     recipe = load_recipe(path)
-    assert recipe["backbone"] == path.stem
+    assert recipe["backbone"] == path.stem.removesuffix("-demo")  # <backbone>.toml or <backbone>-demo.toml
     for stage, table in recipe.items():
         if stage == "backbone":
             continue

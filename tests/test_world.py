@@ -270,3 +270,13 @@ def test_word_tokenizer_covers_every_caption_of_every_split():
         assert len(ids) <= 32  # TINY_TEXT_LEN: no caption is truncated
     assert tokenizer("a Red ball").input_ids == tokenizer("a red ball").input_ids
     assert tokenizer("an apple").input_ids[:2] == [unk, unk]  # words outside the world are unknown, not an error
+
+
+def test_cli_rejects_zero_workers_without_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from lamo_cli.cli import app
+
+    result = CliRunner().invoke(app, ["world", "--out", str(tmp_path / "w"), "--n", "2", "--workers", "0", "--no-progress"])
+    assert result.exit_code == 2 and "--workers" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "w").exists()

@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -162,18 +162,28 @@ class CogVideoXBackbone:
         if x.ndim == 4:
             x = x[None]
         x = x.to(self.device).permute(0, 4, 1, 2, 3).to(self.dtype) / 127.5 - 1.0  # [B, 3, F, H, W]
-        posterior = self.vae.encode(x).latent_dist
-        mean = posterior.mean.permute(0, 2, 1, 3, 4).float()
-        logvar = posterior.logvar.permute(0, 2, 1, 3, 4).float()
+        batch = x.shape[0]
+        posterior = self.vae.encode(self._onednn_batch(x)).latent_dist
+        mean = posterior.mean[:batch].permute(0, 2, 1, 3, 4).float()
+        logvar = posterior.logvar[:batch].permute(0, 2, 1, 3, 4).float()
         return mean, logvar
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """SCALED latents [B, T, C, h, w] -> uint8 frames [B, F, H, W, 3]."""
         z = latents.to(self.device, self.dtype).permute(0, 2, 1, 3, 4) / self.scaling_factor
-        video = self.vae.decode(z).sample  # [B, 3, F, H, W] in [-1, 1]
+        video = self.vae.decode(self._onednn_batch(z)).sample[: z.shape[0]]  # [B, 3, F, H, W] in [-1, 1]
         video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+    def _onednn_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A one-clip batch, doubled when `small_vae_runs_one_clip_on_one_thread` (the caller keeps
+        the first sample): decoding tiny's clip twice that way is ~1.5x faster than once."""
+        if x.shape[0] != 1 or self.device.type != "cpu" or torch.get_num_threads() < 2:
+            return x
+        if small_vae_runs_one_clip_on_one_thread(self.vae.config.block_out_channels, self.video_format.height):
+            return x.expand(2, *x.shape[1:])
+        return x
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -438,6 +448,18 @@ def _infer_format(folder: Path) -> VideoFormat:
         temporal_compression=temporal,
         spatial_compression=spatial,
     )
+
+
+def small_vae_runs_one_clip_on_one_thread(block_out_channels: Sequence[int], height: int) -> bool:
+    """True when torch would run this VAE's 3-D convolutions on a one-clip batch single-threaded.
+
+    torch sends a one-sample conv3d whose input is small (N*C*T*H <= 20480) to its native kernel,
+    which runs on one thread; two samples take oneDNN's, which uses every thread. The VAE works in
+    chunks of a few frames, so a layer whose single frame (C*H) is already within a few frames of
+    that bound takes the slow kernel: tiny's (32 channels x 64 px = 2048) does, CogVideoX's
+    (128 x 480 = 61440) never does.
+    """
+    return min(block_out_channels) * height <= 20480
 
 
 # ==================================================================== tiny random model

@@ -21,6 +21,11 @@ def command(
     seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated (fit-prior and both fine-tunes run once per seed).")] = "0",
     split: Annotated[str, typer.Option(help="World split of the evaluation prompts: test or ood.")] = "test",
     world_seed: Annotated[int, typer.Option(help="Seed of the physics world (the same for every arm and training seed).")] = 0,
+    recipe: Annotated[
+        Optional[str], typer.Option(help="Stage settings: a recipe TOML (path or name in recipes/). Default: recipes/<backbone>-demo.toml "
+                                         "(sized to finish in minutes) if present, else recipes/<backbone>.toml. The ablation of "
+                                         "docs/RESULTS.md uses --recipe tiny.", show_default=False)
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """The main job on the embedded default: world -> encode -> fit-prior -> finetune without and
@@ -30,7 +35,7 @@ def command(
     from lamo_cli.stages.demo import ERROR_LAWS, demo
 
     summary = demo(out=out, backbone=backbone, train_clips=train_clips, test_prompts=test_prompts, seeds=seeds,
-                   split=split, world_seed=world_seed, progress=progress)
+                   split=split, world_seed=world_seed, recipe=recipe, progress=progress)
     seed_text = ", ".join(map(str, summary.seeds))
     table = Table(title=f"LaMo ablation on {summary.backbone}, {summary.split} prompts, seeds {seed_text} "
                         "(physics score, %: mean ± std [95% CI]; median acceleration error and trajectory residual)")
@@ -44,6 +49,6 @@ def command(
     if summary.backbone == "tiny-random":
         console.print("[yellow]tiny-random has random weights: its scores only show that the chain runs.[/]")
     stages = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in summary.stage_seconds.items())
-    console.print(f"done in {summary.seconds:.0f}s ({stages})", soft_wrap=True)
+    console.print(f"done in {summary.seconds:.0f}s ({stages}); settings from {summary.recipe}", soft_wrap=True)
     console.print(f"chart: {summary.chart}\nheatmaps: {summary.heatmap_dir}\nvideos: {summary.out / 'videos'}\n"
                   f"reports: {summary.out / 'eval'}\nnumbers: {summary.out / 'demo.json'}", soft_wrap=True)

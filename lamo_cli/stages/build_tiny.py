@@ -463,6 +463,10 @@ def build_tiny(
     cache_dir, run_dir, probe_dir = out / "cache", out / "transformer-run", out / "probe"
     plan_path = out / "plan.json"
     plan = read_json_checked(plan_path) if plan_path.is_file() else {}
+    for phase, option, minutes in (("vae", "--vae-minutes", vae_minutes), ("transformer", "--transformer-minutes", transformer_minutes)):
+        if minutes > 0 and phase in plan and float(plan[phase].get("minutes", minutes)) != float(minutes):
+            raise LamoError(f"{plan_path} was fitted for {option} {plan[phase]['minutes']:g}: rerun with that value to continue, "
+                            "or use a new --out to plan another budget")
 
     # 1. world
     if (world_dir / "metadata.jsonl").is_file():

@@ -2,8 +2,9 @@
 
 world (train + test) -> encode -> fit-prior -> finetune without / with the Motion Drift Loss ->
 generate each run without / with Motion Prior Guidance on the test captions -> heatmap -> eval.
-Every arm uses the same captions, sampling seeds and steps. Settings come from the backbone's recipe
-(`recipes/<backbone>.toml`), so the demo runs exactly what the stage commands would.
+Every arm uses the same captions, sampling seeds and steps. Settings come from a recipe:
+`recipes/<backbone>-demo.toml` when there is one (the same chain with fewer steps, so that it
+finishes in minutes), else the backbone's own `recipes/<backbone>.toml`, or `recipe` when given.
 
 The ablation of PHYSICS_WORLD.md ("The experiment it enables"): `seeds` are TRAINING seeds; each
 one gets its own prior-sN, run-plain-sN, run-drift-sN and videos/<arm>-sN (world, cache, captions and
@@ -47,6 +48,7 @@ class DemoSummary:
     split: str = "test"
     heatmap_dir: Path | None = None
     chart: Path | None = None
+    recipe: Path | None = None
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -81,15 +83,17 @@ def demo(
     seeds: str | Sequence[int] = (0,),
     split: str = "test",
     world_seed: int = 0,
+    recipe: str | Path | None = None,
     progress: bool = True,
 ) -> DemoSummary:
     """Run every arm for every training seed in `seeds`; world, captions and sampling noise are the
-    same for all arms and seeds. Evaluation prompts come from the `split` world (test or ood)."""
+    same for all arms and seeds. Evaluation prompts come from the `split` world (test or ood).
+    `recipe` (path or name in recipes/) holds the stage settings; default `demo_recipe_for(backbone)`."""
     from lamo_cli.backbones import default_backbone, load_backbone
     from lamo_cli.eval.physics import law_medians
     from lamo_cli.eval.stats import RESAMPLES, arm_stats
     from lamo_cli.fileio import write_json, write_text
-    from lamo_cli.recipes import default_recipe_for, load_recipe
+    from lamo_cli.recipes import find_recipe, load_recipe
     from lamo_cli.stages.encode import encode
     from lamo_cli.stages.evaluate import evaluate
     from lamo_cli.stages.finetune import finetune
@@ -105,11 +109,12 @@ def demo(
     seeds = parse_seeds(seeds)
     started = time.time()
     backbone = backbone or default_backbone()
+    recipe_path = find_recipe(recipe) if recipe is not None else demo_recipe_for(backbone)
+    recipe = load_recipe(recipe_path)
     model = load_backbone(backbone, device="cpu")
     fmt = model.video_format
-    recipe = load_recipe(default_recipe_for(backbone) or "tiny-random")
     root = Path(out)
-    summary = DemoSummary(root, backbone, seeds=seeds, split=split)
+    summary = DemoSummary(root, backbone, seeds=seeds, split=split, recipe=recipe_path)
     timings = summary.stage_seconds
 
     def timed(name: str, fn, *args, **kwargs):
@@ -178,8 +183,17 @@ def demo(
                        "ci": f"percentile bootstrap 95% interval over prompts ({RESAMPLES} resamples, numpy seed 0), "
                              "each prompt's pass indicator averaged over the seeds first"},
         "stage_seconds": timings, "seconds": summary.seconds,
-        "train_clips": train_clips, "test_prompts": test_prompts, "recipe": recipe})
+        "train_clips": train_clips, "test_prompts": test_prompts, "recipe_file": str(recipe_path), "recipe": recipe})
     return summary
+
+
+def demo_recipe_for(backbone: str) -> Path:
+    """recipes/<backbone>-demo.toml (settings sized for the demo's time budget) when it exists, else
+    the backbone's own recipe, else tiny-random's."""
+    from lamo_cli.recipes import RECIPES_DIR, default_recipe_for
+
+    quick = RECIPES_DIR / f"{Path(str(backbone)).name}-demo.toml"
+    return quick if quick.is_file() else (default_recipe_for(backbone) or RECIPES_DIR / "tiny-random.toml")
 
 
 def finished_run(run_dir: Path) -> bool:

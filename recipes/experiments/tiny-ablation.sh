@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LaMo's component ablation in miniature on the embedded `tiny` backbone (docs/RESULTS.md).
 # Every arm shares the world, captions, sampling noise and steps; three training seeds.
-# Settings come from recipes/tiny.toml. Run from the repository root; OUT defaults to results/.
+# Settings come from recipes/tiny.toml (passed explicitly: `lamo demo` alone uses the shorter tiny-demo.toml). Run from the repository root; OUT defaults to results/.
 set -euo pipefail
 OUT=${OUT:-results}
 SEEDS=${SEEDS:-0,1,2}
@@ -9,8 +9,8 @@ PROMPTS=${PROMPTS:-12}
 SWEEPS=${SWEEPS:-1}  # 0: the ablation and floors only
 
 # the ablation: plain / +drift / +guidance / both, with the ground-truth floor
-lamo demo --backbone tiny --seeds "$SEEDS" --split test --test-prompts "$PROMPTS" --out "$OUT/test"
-lamo demo --backbone tiny --seeds "$SEEDS" --split ood --test-prompts "$PROMPTS" --out "$OUT/ood"
+lamo demo --backbone tiny --recipe tiny --seeds "$SEEDS" --split test --test-prompts "$PROMPTS" --out "$OUT/test"
+lamo demo --backbone tiny --recipe tiny --seeds "$SEEDS" --split ood --test-prompts "$PROMPTS" --out "$OUT/ood"
 
 # the autoencoder floor (ground-truth renders beside their tiny VAE reconstructions)
 lamo eval "$OUT/test/world-test" --reference --backbone tiny --out "$OUT/test/eval/floors"
