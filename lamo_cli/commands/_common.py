@@ -15,9 +15,10 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def stat_cell(metric: dict) -> str:
-    """A pass rate across seeds as a table cell: mean ± std [bootstrap 95% CI]."""
+    """A pass rate across seeds as a two-line table cell: mean ± std, then [bootstrap 95% CI] (no std for one seed)."""
     low, high = metric["ci"]
-    return f"{metric['mean']:.1f} ± {metric['std']:.1f} [{low:.0f}, {high:.0f}]"
+    spread = f" ± {metric['std']:.1f}" if len(metric.get("per_seed", ())) > 1 else ""
+    return f"{metric['mean']:.1f}{spread}\n[{low:.0f}, {high:.0f}]"
 
 
 def median_cells(medians: dict, names) -> list[str]:

@@ -37,10 +37,12 @@ def command(
     summary = demo(out=out, backbone=backbone, train_clips=train_clips, test_prompts=test_prompts, seeds=seeds,
                    split=split, world_seed=world_seed, recipe=recipe, progress=progress)
     seed_text = ", ".join(map(str, summary.seeds))
-    table = Table(title=f"LaMo ablation on {summary.backbone}, {summary.split} prompts, seeds {seed_text} "
-                        "(physics score, %: mean ± std [95% CI]; median acceleration error and trajectory residual)")
-    for column in ("arm", "n", "SA", "PC", "Joint", "dynamic", "accel err", "resid px"):
-        table.add_column(column, justify="left" if column == "arm" else "right")
+    cell = "mean ± std over seeds [95% CI]" if len(summary.seeds) > 1 else "[95% CI over prompts]"
+    table = Table(title=f"LaMo ablation on {summary.backbone}, {summary.split} prompts, seed{'s' if len(summary.seeds) > 1 else ''} "
+                        f"{seed_text} (physics score, %: {cell}; dyn: dynamic %; accel: median acceleration error; "
+                        "resid px: median trajectory residual)")
+    for column in ("arm", "n", "SA", "PC", "Joint", "dyn", "accel", "resid px"):
+        table.add_column(column, justify="left" if column == "arm" else "right", min_width=9 if column == "arm" else None)
     for row in summary.table:
         stats, medians = row["stats"], row["medians"]
         table.add_row(row["arm"], str(row["n"]), *(stat_cell(stats[m]) for m in ("SA", "PC", "Joint")), f"{stats['dynamic']['mean']:.1f}",

@@ -25,7 +25,7 @@ def command(
     from lamo_cli.stages.sweep import ERROR_LAWS, PASS_METRICS, sweep
 
     summary = sweep(demo_dir, knob, values, out=out, seeds=seeds, progress=progress)
-    table = Table(title=f"lamo sweep {summary.knob} (physics score, %: mean ± std [95% CI]; median errors)")
+    table = Table(title=f"lamo sweep {summary.knob} (physics score, %: mean, ± std over seeds when several, [95% CI]; median errors)")
     for column in (summary.knob, "n", *PASS_METRICS[:3], "dynamic", *(f"{m} err" for m in ERROR_LAWS)):
         table.add_column(column, justify="right")
     for row in summary.rows:
