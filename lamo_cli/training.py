@@ -536,9 +536,13 @@ def step_progress(total: int, initial: int, enabled: bool, desc: str):
     """A tqdm bar over optimizer steps (None when disabled, e.g. --no-progress or a non-main rank)."""
     if not enabled:
         return None
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+    # Into a log file (not a terminal) a redraw is a whole new line: one every 30 s is enough there.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=interval)
 
 
 def settings_json(settings: dict[str, Any]) -> dict[str, Any]:

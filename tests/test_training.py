@@ -241,3 +241,20 @@ def test_phase_timer_times_every_cpu_step_and_samples_cuda_steps(monkeypatch):
         assert set(phases) == ({"data", "forward"} if step in timed else set())
     assert timed == [0, 1, 2, 3, 4, 10, 20]
     assert len(syncs) == 2 * 2 * len(timed)  # before and after each phase of a timed step only
+
+
+def test_step_progress_redraws_rarely_into_a_log_file(monkeypatch):
+    import io
+    import sys
+
+    from lamo_cli.training import step_progress
+
+    assert step_progress(10, 0, False, "off") is None
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = step_progress(10, 0, True, "steps")
+    assert bar.mininterval == 30.0
+    for _ in range(10):
+        bar.update(1)
+    bar.close()
+    assert log.getvalue().count("\r") <= 3  # start, end (and at most one redraw), not one per step
