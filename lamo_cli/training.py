@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import zlib
 from contextlib import contextmanager
@@ -536,8 +537,6 @@ def step_progress(total: int, initial: int, enabled: bool, desc: str):
     """A tqdm bar over optimizer steps (None when disabled, e.g. --no-progress or a non-main rank)."""
     if not enabled:
         return None
-    import sys
-
     from tqdm.auto import tqdm
 
     # Into a log file (not a terminal) a redraw is a whole new line: one every 30 s is enough there.

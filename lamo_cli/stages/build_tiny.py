@@ -354,6 +354,13 @@ def fit_steps_to_budget(planned: dict[str, int], seconds_per_step: dict[str, flo
     return {name: (max(1, round(n * factor)) if n > 0 else 0) for name, n in planned.items()}
 
 
+def _probe_seconds_per_step(folder: Path, steps: int, train) -> float:
+    """Run `train(folder)` (a fresh run of `steps` steps) and return its seconds per step after warm-up."""
+    shutil.rmtree(folder, ignore_errors=True)
+    train(folder)
+    return measured_seconds_per_step(folder / "metrics.jsonl", skip=steps // 2)
+
+
 def measured_seconds_per_step(metrics: Path, skip: int) -> float:
     """Median `time_step` of a metrics.jsonl after its first `skip` steps (a GPU's first steps pay
     for its context, kernel selection and allocator; timing them planned a 285k-step run once)."""
@@ -493,14 +500,13 @@ def build_tiny(
         planned = {"vae": vae_steps, "motion": motion_steps, "decoder": decoder_steps}
         if vae_minutes > 0:
             if "vae" not in plan:
+                probe = {**shape, "steps": probe_steps, "batch_size": vae_batch_size, "save_every": probe_steps, "seed": seed,
+                         "eval_clips": 0, "progress": False}
                 speeds = {}
                 for name, n in planned.items():
                     if n > 0:
-                        folder = probe_dir / name
-                        shutil.rmtree(folder, ignore_errors=True)
-                        train_vae(world_dir, folder, steps=probe_steps, batch_size=vae_batch_size, save_every=probe_steps, seed=seed,
-                                  eval_clips=0, **phases[name][1], **{**shape, "progress": False})
-                        speeds[name] = measured_seconds_per_step(folder / "metrics.jsonl", skip=probe_steps // 2)
+                        speeds[name] = _probe_seconds_per_step(probe_dir / name, probe_steps,
+                                                               lambda folder: train_vae(world_dir, folder, **phases[name][1], **probe))
                 fitted = fit_steps_to_budget(planned, speeds, vae_minutes)
                 plan["vae"] = {"minutes": vae_minutes, "seconds_per_step": speeds, "steps": fitted,
                                "small_crop_steps": round(vae_small_crop_steps * fitted["vae"] / max(1, vae_steps))}
@@ -562,10 +568,8 @@ def build_tiny(
     )
     if transformer_minutes > 0:
         if "transformer" not in plan:
-            probe = probe_dir / "transformer"
-            shutil.rmtree(probe, ignore_errors=True)
-            finetune(**train, out=probe, steps=probe_steps, save_every=probe_steps, progress=False)
-            speed = measured_seconds_per_step(probe / "metrics.jsonl", skip=probe_steps // 2)
+            speed = _probe_seconds_per_step(probe_dir / "transformer", probe_steps,
+                                            lambda folder: finetune(**train, out=folder, steps=probe_steps, save_every=probe_steps, progress=False))
             steps = fit_steps_to_budget({"transformer": transformer_steps}, {"transformer": speed}, transformer_minutes)["transformer"]
             plan["transformer"] = {"minutes": transformer_minutes, "seconds_per_step": speed, "steps": steps}
             write_json(plan_path, plan)
