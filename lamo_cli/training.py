@@ -13,6 +13,7 @@ named step-000010 holds the state after 10 optimizer steps (so training continue
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -541,7 +542,10 @@ def step_progress(total: int, initial: int, enabled: bool, desc: str):
 
     # Into a log file (not a terminal) a redraw is a whole new line: one every 30 s is enough there.
     interval = 0.1 if sys.stderr.isatty() else 30.0
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=interval)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=interval)
+    # A new postfix waits for the next timed redraw instead of forcing one (the stages set it every step or so).
+    bar.set_postfix = functools.partial(bar.set_postfix, refresh=False)
+    return bar
 
 
 def settings_json(settings: dict[str, Any]) -> dict[str, Any]:

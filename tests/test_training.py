@@ -254,7 +254,9 @@ def test_step_progress_redraws_rarely_into_a_log_file(monkeypatch):
     monkeypatch.setattr(sys, "stderr", log)
     bar = step_progress(10, 0, True, "steps")
     assert bar.mininterval == 30.0
-    for _ in range(10):
+    for step in range(10):
+        bar.set_postfix(loss=f"{1 / (step + 1):.3f}")  # as the stages do: must not force a redraw
         bar.update(1)
     bar.close()
     assert log.getvalue().count("\r") <= 3  # start, end (and at most one redraw), not one per step
+    assert "loss=0.100" in log.getvalue()  # the last postfix is in the final line
