@@ -78,7 +78,32 @@ def test_moment_loss_by_hand():
     target = _frames_rgb([square(1)])
     assert float(_moment_loss(target, target)) < 1e-3  # sqrt(1e-6) floors inside the norms
     assert abs(float(_moment_loss(_frames_rgb([square(2)]), target)) - 1.0 / 6) < 2e-3
-    assert abs(float(_moment_loss(_frames_rgb([square(1, 0.5)]), target)) - (2.0 / 8) / 6) < 2e-3
+    assert abs(float(_moment_loss(_frames_rgb([square(1, 0.8)]), target)) - (0.8 / 8) / 6) < 2e-3
+    # faded below the tracker's threshold, the disc is gone for it: only its area (4 px) is missing
+    # and the centroid / spread terms read an empty frame
+    gone = float(_moment_loss(_frames_rgb([square(1, 0.3)]), target))
+    assert gone > (4.0 / 8) / 6
+
+
+def test_moment_loss_ignores_faint_speckles_and_prices_visible_ones():
+    """A background tinted 20% towards green everywhere (membership 0.2: the tracker sees nothing)
+    costs nothing and gives the decoder no gradient; one full-strength green pixel (a fragment)
+    is priced by its area, 1 px / (0 + 4) / 6."""
+    from lamo_cli.data.world import BACKGROUND, PALETTE
+
+    bg, red, green = (np.array(v, float) for v in (BACKGROUND, PALETTE["red"], PALETTE["green"]))
+    img = np.tile(bg, (6, 6, 1))
+    img[2:4, 1:3] = red
+    target = _frames_rgb([img])
+    tinted = img.copy()
+    tinted[img.sum(-1) == bg.sum()] = 0.8 * bg + 0.2 * green
+    recon = _frames_rgb([tinted]).requires_grad_(True)
+    loss = _moment_loss(recon, target)
+    loss.backward()
+    assert float(loss.detach()) < 1e-3 and float(recon.grad.abs().max()) == 0.0
+    speck = img.copy()
+    speck[5, 5] = green
+    assert abs(float(_moment_loss(_frames_rgb([speck]), target)) - (1.0 / 4) / 6) < 2e-3
 
 
 def test_build_tiny_toy_scale(tmp_path):

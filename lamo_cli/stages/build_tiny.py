@@ -301,12 +301,23 @@ def colour_memberships(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
+def _tracked(m: torch.Tensor, low: float = 0.35, high: float = 0.65) -> torch.Tensor:
+    """Membership [B, K, F, H, W] kept only within one pixel of a (soft) core pixel, as the tracker
+    reads a disc: components over its 0.5 threshold, grown by one pixel. Summed over the whole frame,
+    faint membership of a noisy background outweighed the disc, and a decoder trained on it learned
+    to lighten the whole background until no pixel projected onto any palette colour."""
+    core = ((m - low) / (high - low)).clamp(0.0, 1.0)
+    near = torch.nn.functional.max_pool2d(core.flatten(0, 2)[:, None], 3, stride=1, padding=1)
+    return m * near.view_as(m)
+
+
 def _moment_loss(recon: torch.Tensor, target: torch.Tensor, min_area: float = 2.0) -> torch.Tensor:
     """Per frame and palette colour, match the membership's area, centroid and spread (second
     central moment) between reconstruction and target, in pixels: what the tracker reads. L1 on
     pixels lets a fast disc fade (lower area), split (spread) or lag (centroid) at little cost; these
-    terms price exactly those. Colours absent from the target are priced by their area alone."""
-    m_r, m_t = colour_memberships(recon), colour_memberships(target)
+    terms price exactly those. Colours absent from the target are priced by their area alone.
+    Both sides are read through `_tracked`, so faint speckles the tracker never sees cost nothing."""
+    m_r, m_t = _tracked(colour_memberships(recon)), _tracked(colour_memberships(target))
     h, w = target.shape[-2:]
     ys = torch.arange(h, dtype=target.dtype, device=target.device).view(h, 1)
     xs = torch.arange(w, dtype=target.dtype, device=target.device).view(1, w)
