@@ -179,9 +179,8 @@ class CogVideoXBackbone:
     def _onednn_batch(self, x: torch.Tensor) -> torch.Tensor:
         """A one-clip batch, doubled when `small_vae_runs_one_clip_on_one_thread` (the caller keeps
         the first sample): decoding tiny's clip twice that way is ~1.5x faster than once."""
-        if x.shape[0] != 1 or self.device.type != "cpu" or torch.get_num_threads() < 2:
-            return x
-        if small_vae_runs_one_clip_on_one_thread(self.vae.config.block_out_channels, self.video_format.height):
+        if (x.shape[0] == 1 and self.device.type == "cpu" and torch.get_num_threads() > 1
+                and small_vae_runs_one_clip_on_one_thread(self.vae.config.block_out_channels, self.video_format.height)):
             return x.expand(2, *x.shape[1:])
         return x
 

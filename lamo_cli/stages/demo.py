@@ -110,7 +110,7 @@ def demo(
     started = time.time()
     backbone = backbone or default_backbone()
     recipe_path = find_recipe(recipe) if recipe is not None else demo_recipe_for(backbone)
-    recipe = load_recipe(recipe_path)
+    settings = load_recipe(recipe_path)
     model = load_backbone(backbone, device="cpu")
     fmt = model.video_format
     root = Path(out)
@@ -136,10 +136,10 @@ def demo(
     captions = [(eval_world / f"{stem}.txt").read_text().strip() for stem in world_stems]
     prompts_file = root / f"{split}-prompts.txt"
     write_text(prompts_file, "\n".join(captions) + "\n")
-    generate_settings = recipe_options(recipe.get("generate", {}))
+    generate_settings = recipe_options(settings.get("generate", {}))
     guidance_scale = generate_settings.pop("guidance_scale", 15.0)
-    generate_seed = int(recipe.get("generate", {}).get("seed", 42))
-    finetune_settings = recipe_options(recipe.get("finetune", {}))
+    generate_seed = int(settings.get("generate", {}).get("seed", 42))
+    finetune_settings = recipe_options(settings.get("finetune", {}))
     drift_weight = float(finetune_settings.pop("drift_weight", 0.4))
 
     passes: dict[str, list[dict[str, list[bool]]]] = {arm: [] for arm, _, _ in ARMS}  # arm -> per seed
@@ -147,7 +147,7 @@ def demo(
     for seed in seeds:
         prior = root / f"prior-s{seed}"
         if not finished_prior(prior):  # a rerun in the same folder reuses what is finished
-            timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **recipe_options(recipe.get("fit_prior", {})))
+            timed("fit-prior", fit_prior, cache=root / "cache", out=prior, seed=seed, progress=progress, **recipe_options(settings.get("fit_prior", {})))
         for run, weight in (("run-plain", 0.0), ("run-drift", drift_weight)):
             run_dir = root / f"{run}-s{seed}"
             if not finished_run(run_dir):
@@ -183,7 +183,7 @@ def demo(
                        "ci": f"percentile bootstrap 95% interval over prompts ({RESAMPLES} resamples, numpy seed 0), "
                              "each prompt's pass indicator averaged over the seeds first"},
         "stage_seconds": timings, "seconds": summary.seconds,
-        "train_clips": train_clips, "test_prompts": test_prompts, "recipe_file": str(recipe_path), "recipe": recipe})
+        "train_clips": train_clips, "test_prompts": test_prompts, "recipe_file": str(recipe_path), "recipe": settings})
     return summary
 
 
