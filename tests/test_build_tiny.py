@@ -155,12 +155,14 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
     with that format; the generic folder loader reads it back from the VAE config."""
     torch.set_num_threads(1)
     out = tmp_path / "build2"
-    args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "1", "--vae-batch-size", "3", "--decoder-steps", "0",
-            "--temporal-compression", "2", "--transformer-steps", "1", "--transformer-batch-size", "2", "--device", "cpu", "--no-progress",
+    args = ["build-tiny", "--out", str(out), "--clips", "2", "--vae-steps", "2", "--vae-batch-size", "3", "--decoder-steps", "0",
+            "--save-every", "1", "--temporal-compression", "2", "--transformer-steps", "1", "--transformer-batch-size", "2", "--device", "cpu", "--no-progress",
             "--transformer-timestep-sampling", "logit-normal", "--transformer-logit-mean", "-0.5", "--transformer-logit-std", "0.8",
             "--transformer-mixed-precision", "bf16"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    # --save-every 1 checkpointed every VAE step (the default, 200, only at the phase's end)
+    assert sorted(p.name for p in (out / "vae-train" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     # the transformer options reached the finetune run and the build record
     run = json.loads((out / "transformer-run" / "run.json").read_text())["settings"]
     assert (run["timestep_sampling"], run["logit_mean"], run["logit_std"]) == ("logit-normal", -0.5, 0.8)
@@ -178,6 +180,7 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
 @pytest.mark.parametrize("option, fragment", [
     (["--device", "tpu9"], "--device 'tpu9'"),
     (["--vae-batch-size", "0"], "--vae-batch-size 0"),
+    (["--save-every", "0"], "--save-every 0"),
     (["--transformer-timestep-sampling", "cubic"], "--transformer-timestep-sampling 'cubic'"),
     (["--transformer-logit-std", "0"], "--transformer-logit-std 0"),
     (["--transformer-logit-mean", "nan"], "--transformer-logit-mean nan"),

@@ -34,6 +34,7 @@ def command(
     transformer_init_from: Annotated[Optional[str], typer.Option(help="Start the transformer from a model folder's (e.g. lamo_cli/weights/tiny) instead of from scratch; a 4x model's starts a 2x one.", show_default=False)] = None,
     vae_minutes: Annotated[float, typer.Option(help="Train the VAE phases for about this long instead: probe steps measure their speed here, then --vae-steps, --motion-steps and --decoder-steps are scaled together to fit (0 = use the step counts).")] = 0.0,
     transformer_minutes: Annotated[float, typer.Option(help="Train the transformer for about this long instead of --transformer-steps (measured the same way; 0 = use the step count).")] = 0.0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps in every training phase (and at each phase's end); a killed run resumes from the last one. Lower it where a step is slow, e.g. batch-16 VAE steps on a CPU.")] = 200,
     install: Annotated[bool, typer.Option("--install", help="Copy the finished model into lamo_cli/weights/tiny (the `tiny` backbone).")] = False,
     device: Annotated[Optional[str], typer.Option(help="Device of the VAE and encode phases, e.g. cpu or cuda (default: cuda when present); the transformer phase trains where `lamo finetune` would.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
@@ -50,7 +51,7 @@ def command(
                          transformer_logit_mean=transformer_logit_mean, transformer_logit_std=transformer_logit_std,
                          transformer_mixed_precision=transformer_mixed_precision, vae_minutes=vae_minutes,
                          transformer_minutes=transformer_minutes, vae_init_from=vae_init_from,
-                         transformer_init_from=transformer_init_from, install=install, device=device, progress=progress)
+                         transformer_init_from=transformer_init_from, save_every=save_every, install=install, device=device, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

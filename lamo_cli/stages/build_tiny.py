@@ -460,6 +460,7 @@ def build_tiny(
         (vae_minutes >= 0 and math.isfinite(vae_minutes), f"--vae-minutes {vae_minutes}: must be >= 0 (0 = use the step counts)"),
         (transformer_minutes >= 0 and math.isfinite(transformer_minutes),
          f"--transformer-minutes {transformer_minutes}: must be >= 0 (0 = use --transformer-steps)"),
+        (save_every >= 1, f"--save-every {save_every}: must be at least 1"),
         (probe_steps >= 3, f"probe_steps {probe_steps}: must be at least 3"),
         (vae_steps >= 1 or (vae_steps == 0 and vae_init_from is not None),
          f"--vae-steps {vae_steps}: must be at least 1 (0 only with --vae-init-from: start from those weights)"),
