@@ -380,6 +380,42 @@ def test_build_tiny_vae_init_from_skips_the_plain_phase(tmp_path, monkeypatch):
     assert json.loads((out / "build.json").read_text())["vae_init_from"] == str(source)
 
 
+@pytest.mark.parametrize("options, decoder_weight", [
+    (["--motion-steps", "2", "--motion-weight", "0.6"], 0.6),  # after a motion phase: its weight
+    (["--motion-steps", "0"], 0.0),  # no motion phase (the shipped recipe): none
+    (["--motion-steps", "0", "--decoder-motion-weight", "0.7"], 0.7),  # a decoder-only continuation
+])
+def test_build_tiny_decoder_motion_weight(tmp_path, monkeypatch, options, decoder_weight):
+    """The decoder phase's frame-difference weight: --motion-weight after a motion phase, 0 without
+    one, or --decoder-motion-weight, so that an existing VAE's decoder can be trained on alone with it;
+    build.json records the weight used."""
+    import lamo_cli.stages.build_tiny as bt
+    import lamo_cli.stages.finetune as ft
+    from lamo_cli.backbones.cogvideox import tiny_untrained_components
+
+    source = tmp_path / "source-vae"
+    tiny_untrained_components()["vae"].save_pretrained(source)
+    weights = {}
+
+    def fake_train_vae(world_dir, out, steps, motion_weight=0.0, **kwargs):
+        weights[out.name] = motion_weight
+        return {"vae": tiny_untrained_components()["vae"], "l1": 0.1}
+
+    def fake_finetune(out, steps, **kwargs):
+        tiny_untrained_components()["transformer"].save_pretrained(out / "transformer")
+
+    monkeypatch.setattr(bt, "train_vae", fake_train_vae)
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    out = tmp_path / "b"
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--vae-init-from", str(source), "--vae-steps", "0",
+                                      *options, "--decoder-steps", "2", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert weights["vae-decoder"] == decoder_weight
+    assert json.loads((out / "build.json").read_text())["decoder_motion_weight"] == decoder_weight
+    bad = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "c"), "--decoder-motion-weight", "-1", "--no-progress"])
+    assert bad.exit_code != 0 and "--decoder-motion-weight -1" in bad.output and not (tmp_path / "c").exists()
+
+
 def test_build_tiny_transformer_init_from_starts_from_those_weights(tmp_path, monkeypatch):
     """--transformer-init-from: the transformer phase starts from the given model's transformer (the
     shipped 4x one into a 2x build here); a folder without one is a one-line error before any work."""

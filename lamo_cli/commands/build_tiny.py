@@ -19,6 +19,7 @@ def command(
     vae_small_crop_steps: Annotated[int, typer.Option(help="The first of those steps on 32x32 crops (4x cheaper; the 2x-temporal VAE of docs/RESULTS.md used 1500 of 3000), the rest on whole frames.")] = 0,
     motion_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the whole VAE with the frame-difference loss (0 = skip, as the shipped tiny).")] = 0,
     motion_weight: Annotated[float, typer.Option(help="Weight of the frame-difference loss (the motion phase, and the decoder phase after it).")] = 1.0,
+    decoder_motion_weight: Annotated[Optional[float], typer.Option(help="Frame-difference weight of the decoder phase (default: --motion-weight after a motion phase, 0 without one); set it to continue an existing VAE's decoder alone with that loss (--vae-init-from, --vae-steps 0, --motion-steps 0).", show_default=False)] = None,
     moment_weight: Annotated[float, typer.Option(help="Weight of the moment loss (per colour: area, centroid and spread of the discs) in the motion and decoder phases (0 = off, as the shipped tiny).")] = 0.0,
     decoder_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the VAE decoder alone on noisy latents (0 = skip).")] = 800,
     temporal_compression: Annotated[int, typer.Option(help="Frames per latent frame: 4 (as the shipped tiny: 9 latent frames) or 2 (17 latent frames; a sharper VAE, ~2.3x the transformer cost).")] = 4,
@@ -44,7 +45,7 @@ def command(
     from lamo_cli.stages.build_tiny import build_tiny
 
     summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_small_crop_steps=vae_small_crop_steps, motion_steps=motion_steps,
-                         motion_weight=motion_weight, moment_weight=moment_weight, decoder_steps=decoder_steps,
+                         motion_weight=motion_weight, decoder_motion_weight=decoder_motion_weight, moment_weight=moment_weight, decoder_steps=decoder_steps,
                          temporal_compression=temporal_compression, transformer_steps=transformer_steps,
                          transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
                          transformer_ema_decay=transformer_ema_decay, transformer_timestep_sampling=transformer_timestep_sampling,

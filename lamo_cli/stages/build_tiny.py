@@ -407,6 +407,7 @@ def build_tiny(
     moment_weight: float = 0.0,
     decoder_steps: int = 800,
     decoder_latent_noise: float = 0.4,
+    decoder_motion_weight: float | None = None,
     temporal_compression: int = 4,
     transformer_steps: int = 6000,
     transformer_batch_size: int = 8,
@@ -432,7 +433,11 @@ def build_tiny(
     that long. A few probe steps of each phase measure its speed on this machine (after their
     warm-up), then the VAE phases' steps are scaled together, keeping their proportions, and the
     transformer's set, to fit; the fitted plan is saved in `plan.json`, so a rerun resumes the same
-    schedule. For a build on a lent GPU with a fixed time."""
+    schedule. For a build on a lent GPU with a fixed time.
+
+    `decoder_motion_weight`: the frame-difference weight of the decoder phase; None = `motion_weight`
+    after a motion phase, 0 without one (the shipped recipe), so a decoder-only continuation of an
+    existing VAE (`vae_init_from`, `vae_steps=0`, `motion_steps=0`) sets it explicitly."""
     from lamo_cli.backbones.cogvideox import (
         LAMO_META_FILE,
         TINY_WEIGHTS,
@@ -464,6 +469,8 @@ def build_tiny(
         (probe_steps >= 3, f"probe_steps {probe_steps}: must be at least 3"),
         (vae_steps >= 1 or (vae_steps == 0 and vae_init_from is not None),
          f"--vae-steps {vae_steps}: must be at least 1 (0 only with --vae-init-from: start from those weights)"),
+        (decoder_motion_weight is None or (decoder_motion_weight >= 0 and math.isfinite(decoder_motion_weight)),
+         f"--decoder-motion-weight {decoder_motion_weight}: must be >= 0"),
         (min(motion_steps, decoder_steps, vae_small_crop_steps) >= 0, "--motion-steps, --decoder-steps and --vae-small-crop-steps must be >= 0"),
     ]
     for ok, message in checks:
@@ -475,6 +482,8 @@ def build_tiny(
             _load_vae_weights(untrained["vae"], vae_init_from)
         if transformer_init_from is not None:
             _load_transformer_weights(untrained["transformer"], transformer_init_from)
+    if decoder_motion_weight is None:
+        decoder_motion_weight = motion_weight if motion_steps > 0 else 0.0
     started = time.time()
     out = Path(out)
     summary = BuildTinySummary(out)
@@ -506,7 +515,7 @@ def build_tiny(
         phases = {
             "vae": (vae_dir, {"lr": vae_lr}),
             "motion": (out / "vae-motion", {"lr": 0.5 * vae_lr, "warmup": 50, "motion_weight": motion_weight, "moment_weight": moment_weight}),
-            "decoder": (out / "vae-decoder", {"lr": 0.3 * vae_lr, "warmup": 20, "motion_weight": motion_weight if motion_steps > 0 else 0.0,
+            "decoder": (out / "vae-decoder", {"lr": 0.3 * vae_lr, "warmup": 20, "motion_weight": decoder_motion_weight,
                                               "moment_weight": moment_weight, "decoder_only": True, "latent_noise": decoder_latent_noise}),
         }
         planned = {"vae": vae_steps, "motion": motion_steps, "decoder": decoder_steps}
@@ -601,6 +610,7 @@ def build_tiny(
                                     "vae_batch_size": vae_batch_size,
                                     "vae_small_crop_steps": vae_small_crop_steps, "motion_steps": motion_steps,
                                     "motion_weight": motion_weight, "moment_weight": moment_weight, "decoder_steps": decoder_steps,
+                                    "decoder_motion_weight": decoder_motion_weight,
                                     "decoder_latent_noise": decoder_latent_noise, "transformer_steps": transformer_steps,
                                     "transformer_batch_size": transformer_batch_size, "transformer_lr": transformer_lr,
                                     "transformer_lr_schedule": "cosine", "transformer_ema_decay": transformer_ema_decay,
