@@ -87,7 +87,8 @@ def test_moment_loss_by_hand():
 
 def test_moment_loss_ignores_faint_speckles_and_prices_visible_ones():
     """A background tinted 20% towards green everywhere (membership 0.2: the tracker sees nothing)
-    costs nothing and gives the decoder no gradient; one full-strength green pixel (a fragment)
+    costs the moment terms nothing and gives them no gradient; its mean level is priced alone, at
+    0.05 per grey level of mean offset on the background. One full-strength green pixel (a fragment)
     is priced by its area, 1 px / (0 + 4) / 6."""
     from lamo_cli.data.world import BACKGROUND, PALETTE
 
@@ -98,12 +99,34 @@ def test_moment_loss_ignores_faint_speckles_and_prices_visible_ones():
     tinted = img.copy()
     tinted[img.sum(-1) == bg.sum()] = 0.8 * bg + 0.2 * green
     recon = _frames_rgb([tinted]).requires_grad_(True)
-    loss = _moment_loss(recon, target)
+    loss = _moment_loss(recon, target, level_weight=0.0)
     loss.backward()
     assert float(loss.detach()) < 1e-3 and float(recon.grad.abs().max()) == 0.0
+    level = np.abs(0.2 * (green - bg)).mean()  # grey levels, averaged over the channels
+    assert level > 5 and abs(float(_moment_loss(_frames_rgb([tinted]), target)) - 0.05 * level) < 1e-3
     speck = img.copy()
     speck[5, 5] = green
     assert abs(float(_moment_loss(_frames_rgb([speck]), target)) - (1.0 / 4) / 6) < 2e-3
+
+
+def test_moment_loss_prices_a_lighter_background_above_what_it_saves_on_halos():
+    """A disc drawn with a half-strength halo ring: painting the whole frame lighter fades the halo
+    out of the tracker's reach, so the moment terms alone drop (the shortcut a VAE took, lightening
+    its background); with the background level priced, every lighter frame costs more than the haloed one."""
+    from lamo_cli.data.world import BACKGROUND, PALETTE
+
+    bg, red = np.array(BACKGROUND, float), np.array(PALETTE["red"], float)
+    img = np.tile(bg, (10, 10, 1))
+    img[4:6, 4:6] = red
+    haloed = img.copy()
+    haloed[3:7, 3:7] = 0.5 * red + 0.5 * bg
+    haloed[4:6, 4:6] = red
+    target = _frames_rgb([img])
+    lighter = [_frames_rgb([np.clip(haloed + shift, 0, 255)]) for shift in (0, 4, 8, 16)]
+    moment_only = [float(_moment_loss(recon, target, level_weight=0.0)) for recon in lighter]
+    priced = [float(_moment_loss(recon, target)) for recon in lighter]
+    assert moment_only[-1] < moment_only[0] - 0.05  # the shortcut exists in the moment terms
+    assert priced[0] == moment_only[0] and all(later > priced[0] + 0.1 for later in priced[1:])
 
 
 def test_build_tiny_toy_scale(tmp_path):
