@@ -464,8 +464,13 @@ def build_tiny(
 
     fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
     device = str(resolve_device(device))
-    checks = [
+    checks = [  # all before any work: a bad transformer option would otherwise fail hours later, after the VAE phases
+        (clips >= 1, f"--clips {clips}: must be at least 1"),
         (vae_batch_size >= 1, f"--vae-batch-size {vae_batch_size}: must be at least 1"),
+        (transformer_steps >= 1, f"--transformer-steps {transformer_steps}: must be at least 1"),
+        (transformer_batch_size >= 1, f"--transformer-batch-size {transformer_batch_size}: must be at least 1"),
+        (transformer_lr > 0 and math.isfinite(transformer_lr), f"--transformer-lr {transformer_lr}: must be positive"),
+        (0 <= transformer_ema_decay < 1, f"--transformer-ema-decay {transformer_ema_decay}: must be in [0, 1) (0 = off)"),
         (transformer_timestep_sampling in TIMESTEP_SAMPLINGS,
          f"--transformer-timestep-sampling {transformer_timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
         (math.isfinite(transformer_logit_mean), f"--transformer-logit-mean {transformer_logit_mean}: must be a finite number"),
