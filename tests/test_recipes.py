@@ -70,3 +70,38 @@ def test_precedence_typed_beats_recipe_beats_default(tmp_path):
     recipe.write_text("[finetune]\nsteps_typo = 1\n")
     with pytest.raises(LamoError, match="unknown keys"):
         resolve_options(Ctx(), "finetune", {"steps": 3}, recipe)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, {"device": "cuda", "vae_minutes": 3.5, "transformer_batch_size": 128, "save_every": 200}),
+    ({"DEVICE": "cpu", "VAE_MINUTES": "0", "TRANSFORMER_MINUTES": "0", "TRANSFORMER_BATCH": "32", "TRANSFORMER_LR": "5e-4",
+      "TRANSFORMER_STEPS": "6000", "SAVE_EVERY": "10"},
+     {"device": "cpu", "vae_minutes": 0.0, "transformer_batch_size": 32, "transformer_lr": 5e-4, "transformer_steps": 6000, "save_every": 10}),
+], ids=["gpu", "cpu"])
+def test_the_2x_build_script_passes_options_build_tiny_accepts(tmp_path, env, expected):
+    """recipes/experiments/tiny-2x-build.sh (a build of hours on a CPU, minutes on a GPU) hands
+    build-tiny a command line that its parser accepts, with the settings its header promises: run
+    with a stand-in `lamo` that records its arguments, then parsed by the real command."""
+    import os
+    import subprocess
+
+    import typer
+
+    from lamo_cli.cli import app
+
+    record = tmp_path / "args.txt"
+    stand_in = tmp_path / "lamo"
+    stand_in.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    stand_in.chmod(0o755)
+    script = RECIPES_DIR / "experiments" / "tiny-2x-build.sh"
+    subprocess.run(["bash", str(script)], env={**os.environ, **env, "LAMO": str(stand_in), "OUT": str(tmp_path / "b")},
+                   cwd=RECIPES_DIR.parent, check=True)
+    args = record.read_text().splitlines()
+    assert args[0] == "build-tiny"
+    command = typer.main.get_command(app).commands["build-tiny"]
+    params = command.make_context("build-tiny", args[1:]).params
+    assert {k: params[k] for k in expected} == expected
+    assert params["temporal_compression"] == 2 and params["vae_batch_size"] == 16 and params["vae_steps"] == 0
+    assert params["vae_init_from"] == "lamo_cli/weights/tiny" and (RECIPES_DIR.parent / params["vae_init_from"]).is_dir()
+    assert (params["motion_steps"], params["moment_weight"], params["decoder_steps"]) == (1013, 0.5, 380)
+    assert params["transformer_timestep_sampling"] == "logit-normal" and not params["progress"]

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Build a 2x-temporal `tiny` (docs/RESULTS.md, "`tiny` built on one GPU"): the VAE recipe whose
+# reconstructions passed PC 68% there (batches of 16: plain, then the frame-difference + moment
+# losses, then the decoder alone on noisy latents), except that the plain phase is replaced by the
+# shipped 4x VAE's weights (VAE_INIT; they reconstruct as well in the 2x architecture before any
+# training; VAE_INIT= trains that phase from scratch instead); then the transformer from scratch.
+#
+# On one GPU, in a fixed time (the defaults): the VAE phases scaled to VAE_MINUTES, the transformer
+# trained for TRANSFORMER_MINUTES at batch 128 (build-tiny measures each phase's speed first and fits
+# the step counts; plan.json records them); about VAE_MINUTES + TRANSFORMER_MINUTES + 2 minutes in all.
+#
+# On a CPU, by step counts, over as many sittings as it takes (a rerun with the same OUT resumes
+# from the last checkpoint, every SAVE_EVERY steps; a batch-16 VAE step is ~23 s on 2 cores, so the
+# VAE phases alone take ~8 hours):
+#   DEVICE=cpu VAE_MINUTES=0 TRANSFORMER_MINUTES=0 TRANSFORMER_BATCH=32 TRANSFORMER_LR=5e-4 \
+#     TRANSFORMER_STEPS=6000 SAVE_EVERY=10 OUT=tiny-cpu bash recipes/experiments/tiny-2x-build.sh
+#
+# Run from the repository root where lamo and its dependencies are installed. Then, on any machine:
+#   lamo generate --backbone "$OUT/model" --prompts-file recipes/experiments/test-prompts-36.txt \
+#     --steps 30 --prior none --out gen && lamo eval gen
+set -euo pipefail
+OUT=${OUT:-tiny-gpu}
+DEVICE=${DEVICE:-cuda}
+CLIPS=${CLIPS:-3000}
+VAE_MINUTES=${VAE_MINUTES:-3.5}
+TRANSFORMER_MINUTES=${TRANSFORMER_MINUTES:-4}
+VAE_INIT=${VAE_INIT-lamo_cli/weights/tiny}
+TRANSFORMER_INIT=${TRANSFORMER_INIT-}  # e.g. lamo_cli/weights/tiny: start from the shipped denoiser, not from scratch
+VAE_BATCH=${VAE_BATCH:-16}
+TRANSFORMER_BATCH=${TRANSFORMER_BATCH:-128}
+TRANSFORMER_LR=${TRANSFORMER_LR:-1e-3}
+TRANSFORMER_STEPS=${TRANSFORMER_STEPS:-20000}  # with a time budget: the most it may run
+SAVE_EVERY=${SAVE_EVERY:-200}
+LAMO=${LAMO:-lamo}  # e.g. LAMO="python3 -m lamo_cli.cli" where the package is on PYTHONPATH only
+if [ -n "$VAE_INIT" ]; then FIRST_VAE_PHASE=(--vae-init-from "$VAE_INIT" --vae-steps 0)
+else FIRST_VAE_PHASE=(--vae-steps 1433 --vae-small-crop-steps 477); fi
+TRANSFORMER_START=()
+[ -z "$TRANSFORMER_INIT" ] || TRANSFORMER_START=(--transformer-init-from "$TRANSFORMER_INIT")
+
+$LAMO build-tiny --out "$OUT" --device "$DEVICE" --clips "$CLIPS" --temporal-compression 2 \
+  --vae-batch-size "$VAE_BATCH" "${FIRST_VAE_PHASE[@]}" --motion-steps 1013 --moment-weight 0.5 \
+  --decoder-steps 380 --vae-minutes "$VAE_MINUTES" --save-every "$SAVE_EVERY" \
+  --transformer-batch-size "$TRANSFORMER_BATCH" --transformer-lr "$TRANSFORMER_LR" --transformer-steps "$TRANSFORMER_STEPS" "${TRANSFORMER_START[@]}" \
+  --transformer-minutes "$TRANSFORMER_MINUTES" --transformer-timestep-sampling logit-normal --transformer-logit-mean -0.5 \
+  --no-progress
