@@ -10,8 +10,8 @@
 # the step counts; plan.json records them); about VAE_MINUTES + TRANSFORMER_MINUTES + 2 minutes in all.
 #
 # On a CPU, by step counts, over as many sittings as it takes (a rerun with the same OUT resumes
-# from the last checkpoint, every SAVE_EVERY steps; a batch-16 VAE step is ~23 s on 2 cores, so the
-# VAE phases alone take ~8 hours):
+# from the last checkpoint, every SAVE_EVERY steps; a batch-16 motion-phase step is ~23 s on 2
+# cores, so that phase alone takes ~6.5 hours):
 #   DEVICE=cpu VAE_MINUTES=0 TRANSFORMER_MINUTES=0 TRANSFORMER_BATCH=32 TRANSFORMER_LR=5e-4 \
 #     TRANSFORMER_STEPS=6000 SAVE_EVERY=10 OUT=tiny-cpu bash recipes/experiments/tiny-2x-build.sh
 #
