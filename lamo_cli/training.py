@@ -534,15 +534,32 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+class _LogLines:
+    """A text stream for tqdm that writes each redraw as its own line: tqdm draws over the previous
+    one with a carriage return, which a log file keeps (`tail -f`, `grep` and editors show the pile)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip("\n")
+        if line.strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def step_progress(total: int, initial: int, enabled: bool, desc: str):
     """A tqdm bar over optimizer steps (None when disabled, e.g. --no-progress or a non-main rank)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    # Into a log file (not a terminal) a redraw is a whole new line: one every 30 s is enough there.
-    interval = 0.1 if sys.stderr.isatty() else 30.0
-    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=interval)
+    if sys.stderr.isatty():
+        bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.1)
+    else:  # into a log file: a redraw every 30 s, each on a line of its own (no carriage returns to read past)
+        bar = tqdm(total=total, initial=initial, desc=desc, unit="step", ncols=100, mininterval=30.0, file=_LogLines(sys.stderr))
     # A new postfix waits for the next timed redraw instead of forcing one (the stages set it every step or so).
     bar.set_postfix = functools.partial(bar.set_postfix, refresh=False)
     return bar

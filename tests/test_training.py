@@ -258,5 +258,8 @@ def test_step_progress_redraws_rarely_into_a_log_file(monkeypatch):
         bar.set_postfix(loss=f"{1 / (step + 1):.3f}")  # as the stages do: must not force a redraw
         bar.update(1)
     bar.close()
-    assert log.getvalue().count("\r") <= 3  # start, end (and at most one redraw), not one per step
-    assert "loss=0.100" in log.getvalue()  # the last postfix is in the final line
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 2 <= len(lines) <= 3  # start, end (and at most one redraw), one line each
+    assert all(line.startswith("steps:") for line in lines)
+    assert lines[0].startswith("steps:   0%") and "10/10" in lines[-1]
+    assert "loss=0.100" in lines[-1]  # the last postfix is in the final line
