@@ -377,11 +377,18 @@ def test_a_4x_vae_starts_a_2x_one_and_a_wrong_folder_is_refused(tmp_path):
     assert result.exit_code != 0 and "--vae-steps 0" in result.output and not (tmp_path / "b").exists()
 
 
+def _untrained_transformer_phase(monkeypatch):
+    """build-tiny's transformer phase writes an untrained transformer instead of training one."""
+    import lamo_cli.stages.finetune as ft
+    from lamo_cli.backbones.cogvideox import tiny_untrained_components
+
+    monkeypatch.setattr(ft, "finetune", lambda out, steps, **kwargs: tiny_untrained_components()["transformer"].save_pretrained(out / "transformer"))
+
+
 def test_build_tiny_vae_init_from_skips_the_plain_phase(tmp_path, monkeypatch):
     """--vae-init-from with --vae-steps 0: the motion phase starts from the given weights, the
     decoder phase from the motion phase's last checkpoint (stand-in trainers record what they got)."""
     import lamo_cli.stages.build_tiny as bt
-    import lamo_cli.stages.finetune as ft
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
     from lamo_cli.training import save_checkpoint
 
@@ -395,11 +402,8 @@ def test_build_tiny_vae_init_from_skips_the_plain_phase(tmp_path, monkeypatch):
         save_checkpoint(out, steps, weights=vae.state_dict(), optimizer=torch.optim.SGD(vae.parameters(), lr=0.1), state={})
         return {"vae": vae, "l1": 0.1}
 
-    def fake_finetune(out, steps, **kwargs):
-        tiny_untrained_components()["transformer"].save_pretrained(out / "transformer")
-
     monkeypatch.setattr(bt, "train_vae", fake_train_vae)
-    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    _untrained_transformer_phase(monkeypatch)
     out = tmp_path / "warm"
     result = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--vae-init-from", str(source), "--vae-steps", "0",
                                       "--motion-steps", "3", "--decoder-steps", "2", "--device", "cpu", "--no-progress"])
@@ -418,7 +422,6 @@ def test_build_tiny_decoder_motion_weight(tmp_path, monkeypatch, options, decode
     one, or --decoder-motion-weight, so that an existing VAE's decoder can be trained on alone with it;
     build.json records the weight used."""
     import lamo_cli.stages.build_tiny as bt
-    import lamo_cli.stages.finetune as ft
     from lamo_cli.backbones.cogvideox import tiny_untrained_components
 
     source = tmp_path / "source-vae"
@@ -429,11 +432,8 @@ def test_build_tiny_decoder_motion_weight(tmp_path, monkeypatch, options, decode
         weights[out.name] = motion_weight
         return {"vae": tiny_untrained_components()["vae"], "l1": 0.1}
 
-    def fake_finetune(out, steps, **kwargs):
-        tiny_untrained_components()["transformer"].save_pretrained(out / "transformer")
-
     monkeypatch.setattr(bt, "train_vae", fake_train_vae)
-    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    _untrained_transformer_phase(monkeypatch)
     out = tmp_path / "b"
     result = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--vae-init-from", str(source), "--vae-steps", "0",
                                       *options, "--decoder-steps", "2", "--device", "cpu", "--no-progress"])
