@@ -319,7 +319,7 @@ def _moment_loss(recon: torch.Tensor, target: torch.Tensor, min_area: float = 2.
     Both sides are read through `_tracked`, so faint speckles the tracker never sees cost nothing.
 
     Repainting the whole background a few grey levels lighter shrinks every disc's halo at once: a
-    shortcut that the weighted L1 prices ~8x less than these terms reward it (a VAE with halos
+    shortcut that these terms reward ~7x more than the weighted L1 prices it (a VAE with halos
     trained on them drew its background 7 grey levels lighter within 10 steps). So the level of the
     reconstruction's background (the median offset on the target's background pixels, per clip,
     channel and frame: discs drawn there do not move it) costs `level_weight` per grey level, more
