@@ -94,7 +94,10 @@ def test_the_2x_build_script_passes_options_build_tiny_accepts(tmp_path, env, ex
     stand_in.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
     stand_in.chmod(0o755)
     script = RECIPES_DIR / "experiments" / "tiny-2x-build.sh"
-    subprocess.run(["bash", str(script)], env={**os.environ, **env, "LAMO": str(stand_in), "OUT": str(tmp_path / "b")},
+    knobs = {"OUT", "DEVICE", "CLIPS", "VAE_MINUTES", "TRANSFORMER_MINUTES", "VAE_INIT", "TRANSFORMER_INIT", "VAE_BATCH",
+             "TRANSFORMER_BATCH", "TRANSFORMER_LR", "TRANSFORMER_STEPS", "SAVE_EVERY", "LAMO"}
+    clean = {k: v for k, v in os.environ.items() if k not in knobs}  # the script's defaults, whatever this shell has set
+    subprocess.run(["bash", str(script)], env={**clean, **env, "LAMO": str(stand_in), "OUT": str(tmp_path / "b")},
                    cwd=RECIPES_DIR.parent, check=True)
     args = record.read_text().splitlines()
     assert args[0] == "build-tiny"
