@@ -323,7 +323,7 @@ def _moment_loss(recon: torch.Tensor, target: torch.Tensor, min_area: float = 2.
     trained on them drew its background 7 grey levels lighter within 10 steps). So the level of the
     reconstruction's background (the median offset on the target's background pixels, per clip,
     channel and frame: discs drawn there do not move it) costs `level_weight` per grey level, more
-    than a repaint can ever gain here."""
+    than a repaint gained on the clips measured."""
     on_background = (_foreground(target) == 0).expand_as(target)
     offset = torch.nanmedian(torch.where(on_background, recon - target, torch.nan).flatten(-2), dim=-1).values
     offset = torch.nan_to_num(offset)  # a frame without background pixels has no level to keep
