@@ -557,10 +557,10 @@ def step_progress(total: int, initial: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     if sys.stderr.isatty():
-        bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.1)
-    else:  # into a log file: a redraw every 30 s, each on a line of its own (no carriage returns to read past)
-        bar = tqdm(total=total, initial=initial, desc=desc, unit="step", ncols=100, mininterval=30.0, maxinterval=60.0,
-                   file=_LogLines(sys.stderr))  # (tqdm's monitor would otherwise redraw every 10 s)
+        look = {"dynamic_ncols": True, "mininterval": 0.1}
+    else:  # into a log file: a redraw every 30 s (tqdm's monitor would force one every 10 s), each on a line of its own
+        look = {"ncols": 100, "mininterval": 30.0, "maxinterval": 60.0, "file": _LogLines(sys.stderr)}
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", **look)
     # A new postfix waits for the next timed redraw instead of forcing one (the stages set it every step or so).
     bar.set_postfix = functools.partial(bar.set_postfix, refresh=False)
     return bar
