@@ -288,6 +288,24 @@ def test_cache_from_another_backbone_is_refused(cache, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("option, fragment", [
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--lr", "0"], "--lr 0.0: must be positive"),
+    (["--lr", "inf"], "--lr inf: must be positive"),
+    (["--tau", "0"], "--tau 0: must be a positive frame lag"),
+    (["--drift-weight", "-1"], "--drift-weight -1.0: must be >= 0"),
+    (["--caption-dropout", "1.5"], "--caption-dropout 1.5: must be a probability"),
+    (["--lr-schedule", "linear"], "--lr-schedule 'linear': use 'constant' or 'cosine'"),
+    (["--timestep-sampling", "cubic"], "--timestep-sampling 'cubic': use uniform or logit-normal"),
+    (["--mixed-precision", "fp8"], "--mixed-precision 'fp8': use auto, no, bf16, fp16"),
+])
+def test_bad_training_options_are_one_line_before_any_work(cache, tmp_path, option, fragment):
+    result = CliRunner().invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), *option, "--no-progress"])
+    assert result.exit_code != 0
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_folder_errors_are_one_line(cache, tmp_path):
     backbone = load_backbone("tiny-random", device="cpu")
     with pytest.raises(LamoError, match="no such folder"):

@@ -459,24 +459,14 @@ def build_tiny(
     from lamo_cli.data.world import write_world
     from lamo_cli.fileio import write_json
     from lamo_cli.stages.encode import encode
-    from lamo_cli.stages.finetune import MIXED_PRECISIONS, finetune
-    from lamo_cli.training import TIMESTEP_SAMPLINGS, read_json_checked
+    from lamo_cli.stages.finetune import finetune, validate_settings
+    from lamo_cli.training import read_json_checked
 
     fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
     device = str(resolve_device(device))
     checks = [  # all before any work: a bad transformer option would otherwise fail hours later, after the VAE phases
         (clips >= 1, f"--clips {clips}: must be at least 1"),
         (vae_batch_size >= 1, f"--vae-batch-size {vae_batch_size}: must be at least 1"),
-        (transformer_steps >= 1, f"--transformer-steps {transformer_steps}: must be at least 1"),
-        (transformer_batch_size >= 1, f"--transformer-batch-size {transformer_batch_size}: must be at least 1"),
-        (transformer_lr > 0 and math.isfinite(transformer_lr), f"--transformer-lr {transformer_lr}: must be positive"),
-        (0 <= transformer_ema_decay < 1, f"--transformer-ema-decay {transformer_ema_decay}: must be in [0, 1) (0 = off)"),
-        (transformer_timestep_sampling in TIMESTEP_SAMPLINGS,
-         f"--transformer-timestep-sampling {transformer_timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
-        (math.isfinite(transformer_logit_mean), f"--transformer-logit-mean {transformer_logit_mean}: must be a finite number"),
-        (transformer_logit_std > 0 and math.isfinite(transformer_logit_std), f"--transformer-logit-std {transformer_logit_std}: must be positive"),
-        (transformer_mixed_precision in MIXED_PRECISIONS,
-         f"--transformer-mixed-precision {transformer_mixed_precision!r}: use {', '.join(MIXED_PRECISIONS)}"),
         (vae_minutes >= 0 and math.isfinite(vae_minutes), f"--vae-minutes {vae_minutes}: must be >= 0 (0 = use the step counts)"),
         (transformer_minutes >= 0 and math.isfinite(transformer_minutes),
          f"--transformer-minutes {transformer_minutes}: must be >= 0 (0 = use --transformer-steps)"),
@@ -491,6 +481,10 @@ def build_tiny(
     for ok, message in checks:
         if not ok:
             raise LamoError(message)
+    validate_settings("transformer-", steps=transformer_steps, batch_size=transformer_batch_size, lr=transformer_lr,
+                      warmup=transformer_warmup, ema_decay=transformer_ema_decay, timestep_sampling=transformer_timestep_sampling,
+                      logit_mean=transformer_logit_mean, logit_std=transformer_logit_std,
+                      mixed_precision=transformer_mixed_precision)
     if vae_init_from is not None or transformer_init_from is not None:  # a wrong folder fails here, before any work
         untrained = tiny_untrained_components(temporal_compression=temporal_compression)
         if vae_init_from is not None:

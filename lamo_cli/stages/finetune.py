@@ -29,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -163,33 +163,38 @@ def _make_accelerator(mixed_precision: str):
         return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
-def _validate(*, steps: int, batch_size: int, grad_accum: int, lr: float, warmup: int, tau: int, save_every: int,
-              drift_weight: float, weight_kind: str, lora_rank: int, lora_alpha: float, caption_dropout: float,
-              lr_schedule: str, ema_decay: float, timestep_sampling: str, logit_mean: float, logit_std: float,
-              max_minutes: float = 0.0) -> None:
-    checks = [
-        (steps >= 1, f"--steps {steps}: must be at least 1"),
-        (batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
-        (grad_accum >= 1, f"--grad-accum {grad_accum}: must be at least 1"),
-        (lr > 0, f"--lr {lr}: must be positive"),
-        (warmup >= 0, f"--warmup {warmup}: must be >= 0"),
-        (tau >= 1, f"--tau {tau}: must be a positive frame lag"),
-        (save_every >= 1, f"--save-every {save_every}: must be at least 1"),
-        (drift_weight >= 0 and math.isfinite(drift_weight), f"--drift-weight {drift_weight}: must be >= 0 (0 = plain fine-tune)"),
-        (weight_kind in ("release", "abar"), f"--weight-kind {weight_kind!r}: use 'release' or 'abar'"),
-        (lora_rank >= 1, f"--lora-rank {lora_rank}: must be at least 1"),
-        (lora_alpha > 0, f"--lora-alpha {lora_alpha}: must be positive"),
-        (0.0 <= caption_dropout <= 1.0, f"--caption-dropout {caption_dropout}: must be a probability in [0, 1]"),
-        (lr_schedule in ("constant", "cosine"), f"--lr-schedule {lr_schedule!r}: use 'constant' or 'cosine'"),
-        (0.0 <= ema_decay < 1.0, f"--ema-decay {ema_decay}: must be in [0, 1) (0 = no moving average)"),
-        (timestep_sampling in TIMESTEP_SAMPLINGS, f"--timestep-sampling {timestep_sampling!r}: use {' or '.join(TIMESTEP_SAMPLINGS)}"),
-        (math.isfinite(logit_mean), f"--logit-mean {logit_mean}: must be a finite number"),
-        (logit_std > 0 and math.isfinite(logit_std), f"--logit-std {logit_std}: must be positive"),
-        (max_minutes >= 0 and math.isfinite(max_minutes), f"--max-minutes {max_minutes}: must be >= 0 (0 = no time limit)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise LamoError(message)
+# Each training setting's rule: (is the value allowed, what to say when it is not).
+_SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "steps": (lambda v: v >= 1, "must be at least 1"),
+    "batch_size": (lambda v: v >= 1, "must be at least 1"),
+    "grad_accum": (lambda v: v >= 1, "must be at least 1"),
+    "lr": (lambda v: v > 0 and math.isfinite(v), "must be positive"),
+    "warmup": (lambda v: v >= 0, "must be >= 0"),
+    "tau": (lambda v: v >= 1, "must be a positive frame lag"),
+    "save_every": (lambda v: v >= 1, "must be at least 1"),
+    "drift_weight": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 = plain fine-tune)"),
+    "weight_kind": (lambda v: v in ("release", "abar"), "use 'release' or 'abar'"),
+    "lora_rank": (lambda v: v >= 1, "must be at least 1"),
+    "lora_alpha": (lambda v: v > 0, "must be positive"),
+    "caption_dropout": (lambda v: 0.0 <= v <= 1.0, "must be a probability in [0, 1]"),
+    "lr_schedule": (lambda v: v in ("constant", "cosine"), "use 'constant' or 'cosine'"),
+    "ema_decay": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1) (0 = no moving average)"),
+    "timestep_sampling": (lambda v: v in TIMESTEP_SAMPLINGS, f"use {' or '.join(TIMESTEP_SAMPLINGS)}"),
+    "logit_mean": (math.isfinite, "must be a finite number"),
+    "logit_std": (lambda v: v > 0 and math.isfinite(v), "must be positive"),
+    "mixed_precision": (lambda v: v in MIXED_PRECISIONS, f"use {', '.join(MIXED_PRECISIONS)}"),
+    "max_minutes": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 = no time limit)"),
+}
+
+
+def validate_settings(option_prefix: str = "", **settings: Any) -> None:
+    """Raise LamoError naming the first setting outside its rule, as the option that set it
+    (`option_prefix` "transformer-" for build-tiny's --transformer-lr etc.). Checked before any work."""
+    for name, value in settings.items():
+        allowed, rule = _SETTING_RULES[name]
+        if not allowed(value):
+            shown = repr(value) if isinstance(value, str) else value
+            raise LamoError(f"--{option_prefix}{name.replace('_', '-')} {shown}: {rule}")
 
 
 def _device_generator(device: torch.device, seed: int, rank: int) -> torch.Generator | None:
@@ -249,10 +254,11 @@ def finetune(
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
     settings = settings_json(dict(locals()))
-    _validate(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, tau=tau, save_every=save_every,
-              drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank, lora_alpha=lora_alpha,
-              caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
-              timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std, max_minutes=max_minutes)
+    validate_settings(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, tau=tau,
+                      save_every=save_every, drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank,
+                      lora_alpha=lora_alpha, caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
+                      timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std,
+                      mixed_precision=mixed_precision, max_minutes=max_minutes)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
