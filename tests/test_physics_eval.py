@@ -100,43 +100,20 @@ def test_ground_truth_renders_pass_per_family(family, tmp_path):
 
 
 # ==================================================================== corruptions
-CORRUPTION_PLAN = {  # kind -> (family, forced choices, caption mentions)
-    "half_gravity": ("drop", {}, None),
-    "floaty_fall": ("drop", {}, "none"),  # it never bounces, so its caption must not say how high
-    "jitter": ("uniform", {}, None),
-    "vanish": ("drop", {}, None),
-    "duplicate": ("drop", {}, None),
-    "energy_gain": ("drop", {"bounciness": "bouncy"}, None),
-    "speed_change": ("uniform", {"speed": "fast"}, None),
-    "colour_change": ("drop", {}, None),
-    "size_change": ("drop", {"sizes": ["large"]}, None),
-    "floor_penetration": ("drop", {}, None),
-    "momentum_violation": ("collide", {"config": "at_rest"}, None),
-    "teleport": ("drop", {}, None),
-    "late_reappear": ("occlude", {"speed": "fast"}, None),
-}
-
-
-def _suitable(kind: str, clip: W.Clip) -> bool:
-    if kind == "speed_change":  # it needs a wall contact with room to measure before and after
-        return any(e["kind"].startswith("wall") and 5 <= e["frame"] <= 24 for e in clip.events)
-    return True
-
-
 def test_corruption_plan_covers_every_target():
-    assert set(CORRUPTION_PLAN) | {"freeze", "gravity_flip"} == set(W.CORRUPTION_KINDS)
+    assert set(P.CORRUPTION_CASES) | {"freeze", "gravity_flip"} == set(W.CORRUPTION_KINDS)
     assert set(P.CORRUPTION_TARGET.values()) - {"dynamic"} == set(P.LAWS)
 
 
-@pytest.mark.parametrize("kind", sorted(CORRUPTION_PLAN))
+@pytest.mark.parametrize("kind", sorted(P.CORRUPTION_CASES))
 def test_each_corruption_fails_exactly_its_own_check(kind, tmp_path):
-    family, choices, mention = CORRUPTION_PLAN[kind]
+    family, choices, mention = P.CORRUPTION_CASES[kind]
     target = P.CORRUPTION_TARGET[kind]
     done, seed = 0, 0
     while done < 3:
         clip = W.simulate_clip(family, np.random.default_rng(700 + seed), "test", choices=choices, mention=mention)
         seed += 1
-        if not _suitable(kind, clip):
+        if not P.corruption_applies(kind, clip):
             continue
         clean = P.score_frames(mp4_round_trip(W.render_clip(clip), tmp_path), clip.caption)
         assert clean["Joint"], (clip.caption, clean["failed_laws"], clean["failed_attributes"])
@@ -146,6 +123,24 @@ def test_each_corruption_fails_exactly_its_own_check(kind, tmp_path):
         assert failed == {target}, (kind, clip.caption, failed, result["laws"][target])
         assert result["PC"] is False and result["SA"] is True
         done += 1
+
+
+def test_thresholds_can_be_overridden_by_name_for_one_scoring():
+    """score_tracks(thresholds=...) moves one limit for that call only: a jittered clip that fails
+    the smoothness check at 0.25 px passes it at 10 px, and the module's THRESHOLDS are unchanged."""
+    from lamo_cli.eval.tracker import track_video
+
+    clip = W.simulate_clip("uniform", np.random.default_rng(700), "test")
+    tracked = track_video(W.render_clip(P.corrupt(clip, "jitter")))
+    strict = P.score_tracks(tracked, clip.caption)
+    loose = P.score_tracks(tracked, clip.caption, thresholds={"residual_px": 10.0})
+    assert strict["laws"]["smooth"]["pass"] is False and strict["laws"]["smooth"]["limit"] == pytest.approx(0.25)
+    assert loose["laws"]["smooth"]["pass"] is True and loose["laws"]["smooth"]["limit"] == pytest.approx(10.0)
+    assert loose["laws"]["smooth"]["value"] == strict["laws"]["smooth"]["value"]
+    assert P.THRESHOLDS["residual_px"] == 0.25
+    assert P.limits(128, {"residual_px": 1.0})["residual_px"] == pytest.approx(2.0)  # lengths scale with H
+    with pytest.raises(ValueError, match="residual"):
+        P.limits(64, {"residul_px": 1.0})
 
 
 def test_frozen_video_is_not_dynamic_and_fails_pc():

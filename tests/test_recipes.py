@@ -108,3 +108,33 @@ def test_the_2x_build_script_passes_options_build_tiny_accepts(tmp_path, env, ex
     assert params["vae_init_from"] == "lamo_cli/weights/tiny" and (RECIPES_DIR.parent / params["vae_init_from"]).is_dir()
     assert (params["motion_steps"], params["moment_weight"], params["decoder_steps"]) == (1013, 0.5, 380)
     assert params["transformer_timestep_sampling"] == "logit-normal" and not params["progress"]
+
+
+def _threshold_margins():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("threshold_margins", RECIPES_DIR / "experiments" / "threshold_margins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_threshold_margins_loosens_each_kind_of_threshold_as_documented():
+    from lamo_cli.eval.physics import LAWS
+
+    margins = _threshold_margins()
+    assert margins.loosened("smooth", 2.0) == {"residual_px": 0.5}
+    assert margins.loosened("energy", 2.0)["energy_ratio"] == pytest.approx(1.10)  # the excess over 1 doubles
+    assert margins.loosened("duplication", 1.25) == {"duplicate_frames": 2}  # frame counts round, never tighten
+    assert margins.loosened("duplication", 2.0) == {"duplicate_frames": 4}
+    assert set(margins.LAW_KNOBS) == set(LAWS) - {"permanence"}  # permanence has no threshold
+
+
+def test_threshold_margins_chooses_the_least_loosening_that_keeps_every_corruption_caught():
+    margins = _threshold_margins()
+    rows = [{"factor": f, "recon_pass": p, "corruption_caught_render": c}
+            for f, p, c in ((1, 40, 100), (1.5, 99, 100), (2, 100, 100), (3, 100, 75))]
+    assert margins.choose(rows)["factor"] == 1.5
+    short = [dict(r, recon_pass=50) for r in rows]
+    assert margins.choose(short)["factor"] == 2  # 99% is out of reach: the most that still catches all
+    assert margins.choose([dict(rows[0], corruption_caught_render=80)])["factor"] == 1  # nothing safe: unchanged

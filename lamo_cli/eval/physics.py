@@ -92,9 +92,15 @@ ATTRIBUTES = ("colours", "count", "sizes", "region", "direction", "speed", "boun
 MEDIAN_METRICS = ("accel", "smooth", "hspeed", "energy", "momentum", "size", "colour", "reappear")
 
 
-def limits(height: int) -> dict[str, float]:
+def limits(height: int, thresholds: dict[str, float] | None = None) -> dict[str, float]:
+    """The thresholds at this frame height. `thresholds` (default THRESHOLDS) overrides some of
+    them by name, e.g. to measure how far a check could move (recipes/experiments/threshold_margins.py)."""
+    unknown = set(thresholds or {}) - set(THRESHOLDS)
+    if unknown:
+        raise ValueError(f"unknown thresholds {sorted(unknown)}; known: {', '.join(THRESHOLDS)}")
     scale = height / 64.0
-    return {k: (v * scale if k in SCALED else v) for k, v in THRESHOLDS.items()}
+    chosen = {**THRESHOLDS, **(thresholds or {})}
+    return {k: (v * scale if k in SCALED else v) for k, v in chosen.items()}
 
 
 # ==================================================================== kinematics of one track
@@ -898,14 +904,16 @@ def check_attributes(stated: dict, result: TrackResult, motions: dict[str, Motio
 
 
 # ==================================================================== one video
-def score_tracks(result: TrackResult, caption: str | None = None, stated: dict | None = None) -> dict:
-    """Law and attribute checks of a tracked video. `stated` (parsed caption) wins over `caption`."""
+def score_tracks(result: TrackResult, caption: str | None = None, stated: dict | None = None,
+                 thresholds: dict[str, float] | None = None) -> dict:
+    """Law and attribute checks of a tracked video. `stated` (parsed caption) wins over `caption`;
+    `thresholds` overrides some of THRESHOLDS (see `limits`)."""
     if stated is None:
         stated = parse_caption(caption or "")
     if stated is None:
         raise ValueError(f"not a physics-world caption: {caption!r}")
     family = stated["family"]
-    lim = limits(result.height)
+    lim = limits(result.height, thresholds)
     tracks = result.active()
     motions = {c: analyse_track(t, family, result.width, result.height, tracks, lim) for c, t in tracks.items()}
     ordered = list(motions.values())
@@ -1006,6 +1014,32 @@ CORRUPTION_TARGET: dict[str, str] = {
     "freeze": "dynamic",
 }
 
+
+# A clip each corruption can be shown on: kind -> (family, forced attribute choices, caption mentions).
+# Frozen videos and gravity flips are pixel- or VoE-level and have no entry.
+CORRUPTION_CASES: dict[str, tuple[str, dict, str | None]] = {
+    "half_gravity": ("drop", {}, None),
+    "floaty_fall": ("drop", {}, "none"),  # it never bounces, so its caption must not say how high
+    "jitter": ("uniform", {}, None),
+    "vanish": ("drop", {}, None),
+    "duplicate": ("drop", {}, None),
+    "energy_gain": ("drop", {"bounciness": "bouncy"}, None),
+    "speed_change": ("uniform", {"speed": "fast"}, None),
+    "colour_change": ("drop", {}, None),
+    "size_change": ("drop", {"sizes": ["large"]}, None),
+    "floor_penetration": ("drop", {}, None),
+    "momentum_violation": ("collide", {"config": "at_rest"}, None),
+    "teleport": ("drop", {}, None),
+    "late_reappear": ("occlude", {"speed": "fast"}, None),
+}
+
+
+def corruption_applies(kind: str, clip: Clip) -> bool:
+    """Whether `clip` can show corruption `kind` (a speed change needs a wall contact with room to
+    measure before and after)."""
+    if kind == "speed_change":
+        return any(e["kind"].startswith("wall") and 5 <= e["frame"] <= 24 for e in clip.events)
+    return True
 
 def corrupt(clip: Clip, kind: str, seed: int = 0) -> Clip:
     """A corrupted copy of a world clip (see world.corrupt_clip); CORRUPTION_TARGET names its check."""
