@@ -1041,6 +1041,7 @@ def corruption_applies(kind: str, clip: Clip) -> bool:
         return any(e["kind"].startswith("wall") and 5 <= e["frame"] <= 24 for e in clip.events)
     return True
 
+
 def corrupt(clip: Clip, kind: str, seed: int = 0) -> Clip:
     """A corrupted copy of a world clip (see world.corrupt_clip); CORRUPTION_TARGET names its check."""
     return world.corrupt_clip(clip, kind, seed)

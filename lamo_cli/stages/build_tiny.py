@@ -464,7 +464,7 @@ def build_tiny(
 
     fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
     device = str(resolve_device(device))
-    checks = [  # all before any work: a bad transformer option would otherwise fail hours later, after the VAE phases
+    checks = [  # all before any work: a bad option would otherwise fail hours later, after the VAE phases
         (clips >= 1, f"--clips {clips}: must be at least 1"),
         (vae_batch_size >= 1, f"--vae-batch-size {vae_batch_size}: must be at least 1"),
         (vae_minutes >= 0 and math.isfinite(vae_minutes), f"--vae-minutes {vae_minutes}: must be >= 0 (0 = use the step counts)"),
@@ -481,6 +481,7 @@ def build_tiny(
     for ok, message in checks:
         if not ok:
             raise LamoError(message)
+    # The transformer phase's options by finetune's own rules, named as build-tiny's options.
     validate_settings("transformer-", steps=transformer_steps, batch_size=transformer_batch_size, lr=transformer_lr,
                       warmup=transformer_warmup, ema_decay=transformer_ema_decay, timestep_sampling=transformer_timestep_sampling,
                       logit_mean=transformer_logit_mean, logit_std=transformer_logit_std,
