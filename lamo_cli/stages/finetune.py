@@ -137,8 +137,7 @@ def resolve_mixed_precision(requested: str, device: torch.device) -> tuple[str, 
     """(mode, note): auto is bf16 autocast on CUDA and fp32 on the CPU. An explicit bf16 is honoured
     on the CPU too (fp32 master weights, bf16 matmuls): much faster where the CPU has AMX tiles,
     much slower where it has not (benchmarks/cpu_precision.py measures it). No fp16 on the CPU."""
-    if requested not in MIXED_PRECISIONS:
-        raise LamoError(f"--mixed-precision {requested!r}: use auto, no, bf16 or fp16")
+    validate_settings(mixed_precision=requested)
     if device.type != "cuda":
         if requested == "fp16":
             return "no", "--mixed-precision fp16 ignored on CPU (no fp16 autocast there); training in fp32 (bf16 is allowed)"

@@ -18,8 +18,6 @@ Every video is tracked once; only the law checks rerun per setting, so the cost 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from lamo_cli.data import world
 from lamo_cli.eval import physics
 from lamo_cli.eval.tracker import track_video
 from lamo_cli.eval.voe import vae_reconstruction
+from lamo_cli.fileio import write_json
 
 # Which thresholds each law reads. Frame counts loosen by rounding, the energy ratio by its excess over 1.
 LAW_KNOBS: dict[str, tuple[str, ...]] = {
@@ -162,9 +161,7 @@ def main() -> int:
               "seed": args.seed, "sweep": rows, "chosen": {law: row["factor"] for law, row in chosen.items()},
               "chosen_thresholds": combined, "current": overall(clean, corrupted, None),
               "at_chosen": overall(clean, corrupted, combined)}
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.out)
+    write_json(args.out, report)  # atomic
 
     print("| law | factor | GT pass % | recon pass % | own corruptions caught, render / recon % |")
     print("|---|---|---|---|---|")
