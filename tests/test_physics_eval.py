@@ -14,7 +14,7 @@ from lamo_cli.cli import app
 from lamo_cli.data import world as W
 from lamo_cli.data.mp4 import write_mp4
 from lamo_cli.eval import physics as P
-from lamo_cli.eval.tracker import components, label_components, memberships, track_video
+from lamo_cli.eval.tracker import Track, components, label_components, memberships, track_video
 
 
 def mp4_round_trip(frames: np.ndarray, tmp_path, name: str = "clip.mp4") -> np.ndarray:
@@ -99,6 +99,47 @@ def test_ground_truth_renders_pass_per_family(family, tmp_path):
     assert summary["n"] == len(results) and summary["Joint"] >= 99.0
 
 
+def _bouncing_track(depth: float, contact: float, frames: int = 20) -> Track:
+    """A disc of radius 3 px falling at 0.5 px/frame^2 and bouncing (e = 0.8) with its bottom
+    `depth` px below the floor at time `contact` (between frames), positions exact in float64."""
+    radius, accel, floor = 3.0, -0.5, W.FLOOR_Y * 64
+    contact_y = floor + radius - depth
+    v_in = -6.0  # px/frame just before the contact
+    t = np.arange(frames, dtype=np.float64) - contact
+    v = np.where(t < 0, v_in, -0.8 * v_in)
+    y = contact_y + v * t + 0.5 * accel * t * t
+    pos = np.stack([np.full(frames, 30.0), y], axis=1)
+    none = np.zeros(frames, bool)
+    return Track("red", np.ones(frames, bool), pos, np.full(frames, radius), np.full(frames, math.pi * 9), none, none,
+                 np.zeros(frames, int), np.zeros((frames, 3)))
+
+
+@pytest.mark.parametrize("depth", [0.0, 3.0])
+def test_floor_contact_depth_is_where_the_fitted_flights_meet(depth):
+    """A fast bounce turns between two frames: the depth comes from the two fitted parabolas' meeting
+    point, not from the nearest sampled frame (here 2.3 px above the true contact, so a 3 px
+    penetration reads 0.66 px deep in the frames, inside the 0.75 px tolerance)."""
+    track = _bouncing_track(depth, contact=7.5)
+    lim = P.limits(64)
+    floor = W.FLOOR_Y * 64
+    sampled = float(np.min(track.pos[:, 1] - track.radius - floor))
+    assert sampled == pytest.approx(2.3375 - depth) and -sampled < lim["penetration_px"]
+    motion = P.analyse_track(track, "drop", 64, 64, {"red": track}, lim)
+    assert P._floor_contact_gaps(motion, floor) == pytest.approx([-depth], abs=1e-6)
+    law = P._check_penetration([motion], 64, lim)
+    assert law["pass"] is (depth < lim["penetration_px"]) and law["value"] == pytest.approx(max(depth, -sampled), abs=1e-6)
+
+
+def test_fast_floor_penetration_between_frames_is_caught(tmp_path):
+    """A drop clip whose 3 px floor penetrations all fall between frames (the nearest frame reads
+    0.4 px deep, inside the 0.75 px tolerance) still fails the penetration check, and only it."""
+    clip = W.simulate_clip("drop", np.random.default_rng([7, 1002]), "test")
+    bad = P.corrupt(clip, "floor_penetration")
+    result = P.score_frames(mp4_round_trip(W.render_clip(bad), tmp_path), bad.caption)
+    assert result["failed_laws"] == ["penetration"] and result["laws"]["penetration"]["value"] > 2.5
+    assert P.score_frames(mp4_round_trip(W.render_clip(clip), tmp_path), clip.caption)["Joint"]
+
+
 # ==================================================================== corruptions
 def test_corruption_plan_covers_every_target():
     assert set(P.CORRUPTION_CASES) | {"freeze", "gravity_flip"} == set(W.CORRUPTION_KINDS)
@@ -123,6 +164,36 @@ def test_each_corruption_fails_exactly_its_own_check(kind, tmp_path):
         assert failed == {target}, (kind, clip.caption, failed, result["laws"][target])
         assert result["PC"] is False and result["SA"] is True
         done += 1
+
+
+def test_late_reappear_waits_in_the_first_pass_behind_the_bar(tmp_path):
+    """This ball passes behind the bar twice (a wall bounce between); a wait in the second pass ran
+    into the clip's end and showed nothing. The wait is now in the first pass, and it is caught."""
+    family, choices, mention = P.CORRUPTION_CASES["late_reappear"]
+    clip = W.simulate_clip(family, np.random.default_rng([321, 6]), "test", choices=choices, mention=mention)
+    occ, xs = clip.scene["occluder"], clip.positions[:, 0, 0]
+    behind = np.nonzero((xs > occ["x0"]) & (xs < occ["x1"]))[0]
+    first = W.first_pass_behind(clip)
+    assert len(first) < len(behind) and np.all(np.diff(first) == 1) and first[0] == behind[0]
+    bad = P.corrupt(clip, "late_reappear")
+    still = np.nonzero(np.all(bad.positions[1:, 0] == bad.positions[:-1, 0], axis=1))[0]
+    assert len(still) == W.LATE_REAPPEAR_DELAY and first[0] <= still[0] <= first[-1]
+    assert P.corruption_applies("late_reappear", clip)
+    result = P.score_frames(mp4_round_trip(W.render_clip(bad), tmp_path), bad.caption)
+    assert result["failed_laws"] == ["reappear"] and not result["failed_attributes"]
+
+
+def test_two_walls_hit_a_frame_apart_are_two_contacts(tmp_path):
+    """A fast ball bounces off the left wall and the top wall 1.7 frames later. Kept as one contact,
+    the flight after it spanned the second bounce and failed the smoothness check; the sped-up
+    ball (speed_change) now fails its own check only."""
+    family, choices, mention = P.CORRUPTION_CASES["speed_change"]
+    clip = W.simulate_clip(family, np.random.default_rng([321, 38]), "test", choices=choices, mention=mention)
+    bad = P.corrupt(clip, "speed_change")
+    walls = [e["frame"] for e in bad.events if e["kind"] in ("wall_left", "wall_top")]
+    assert len(walls) == 2 and 1.0 < walls[1] - walls[0] < 2.0
+    result = P.score_frames(mp4_round_trip(W.render_clip(bad), tmp_path), bad.caption)
+    assert result["failed_laws"] == ["hspeed"] and not result["failed_attributes"]
 
 
 def test_thresholds_can_be_overridden_by_name_for_one_scoring():

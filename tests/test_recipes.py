@@ -1,6 +1,7 @@
 """Recipes: every shipped recipe parses, names only real stage options, and holds the published numbers."""
 
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,22 @@ def test_threshold_margins_chooses_the_least_loosening_that_keeps_every_corrupti
     short = [dict(r, recon_pass=50) for r in rows]
     assert margins.choose(short)["factor"] == 2  # 99% is out of reach: the most that still catches all
     assert margins.choose([dict(rows[0], corruption_caught_render=80)])["factor"] == 1  # nothing safe: unchanged
+
+
+def test_score_calibration_reports_every_family_and_corruption(tmp_path):
+    import importlib.util
+
+    from lamo_cli.data.world import FAMILIES
+    from lamo_cli.eval.physics import CORRUPTION_CASES
+
+    spec = importlib.util.spec_from_file_location("score_calibration", RECIPES_DIR / "experiments" / "score_calibration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "calibration.json"
+    assert module.main(["--clips", "1", "--corruptions", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["ground_truth"]) == set(FAMILIES)
+    assert all(row["n"] == 3 and row["Joint"] == 100.0 and not row["failed_clips"] for row in report["ground_truth"].values())
+    assert set(report["corruptions"]) == set(CORRUPTION_CASES)
+    assert all(row["n"] == 1 and row["caught"] == row["exclusive"] == 100.0 for row in report["corruptions"].values())
+    assert module.main(["--clips", "0", "--out", str(tmp_path / "x.json")]) == 2 and not (tmp_path / "x.json").exists()

@@ -1138,17 +1138,28 @@ def _gravity_flip(clip: Clip, seed: int) -> Clip:
     return _resimulate(clip, {"gravity_change": [frame, [0.0, G]]})
 
 
-def _late_reappear(clip: Clip, seed: int) -> Clip:
-    """Behind the occluder the disc waits 6 frames before going on (reappears late)."""
+LATE_REAPPEAR_DELAY = 6  # frames the disc waits behind the occluder
+
+
+def first_pass_behind(clip: Clip) -> np.ndarray:
+    """Frames of the first disc's first pass with its centre behind the occluder (empty without one)."""
     occ = clip.scene.get("occluder")
-    out = _with(clip)
+    if not occ:
+        return np.zeros(0, dtype=np.int64)
     xs = clip.positions[:, 0, 0]
-    if occ:
-        behind = np.nonzero((xs > occ["x0"]) & (xs < occ["x1"]))[0]
-        start = int(behind[len(behind) // 2]) if len(behind) else _change_frame(clip, 0.4)
-    else:
-        start = _change_frame(clip, 0.4)
-    delay = 6
+    behind = np.nonzero((xs > occ["x0"]) & (xs < occ["x1"]))[0]
+    breaks = np.nonzero(np.diff(behind) > 1)[0]
+    return behind[:breaks[0] + 1] if len(breaks) else behind
+
+
+def _late_reappear(clip: Clip, seed: int) -> Clip:
+    """Behind the occluder the disc waits 6 frames before going on (reappears late). The wait is in
+    its first pass behind the bar: a later pass (after a wall bounce) can run into the clip's end,
+    and a disc still hidden when the clip ends shows nothing wrong."""
+    out = _with(clip)
+    behind = first_pass_behind(clip)
+    start = int(behind[len(behind) // 2]) if len(behind) else _change_frame(clip, 0.4)
+    delay = LATE_REAPPEAR_DELAY
     for name in ("positions", "velocities"):
         source = getattr(clip, name)
         target = getattr(out, name)

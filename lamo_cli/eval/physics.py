@@ -207,9 +207,10 @@ def analyse_track(track: Track, family: str, width: int, height: int, others: di
     # Contacts: a gap falls to a minimum (one frame, or two nearly equal frames) it could have closed
     # within a frame's travel, then grows again. The contact lies between the frames around it.
     impacts: dict[int, Impact] = {}
+    source: dict[int, int] = {}  # impact key -> index of the gap function that found it
     delta = lim["impact_delta_px"]
     gaps = _gaps(track, family, width, height, others)
-    for kind, gap, partner in gaps:
+    for which, (kind, gap, partner) in enumerate(gaps):
         for p in range(1, f - 1):
             for q in (p, p + 1):
                 if q + 1 >= f or not usable[p - 1:q + 2].all() or np.isnan(gap[p - 1:q + 2]).any():
@@ -229,10 +230,17 @@ def analyse_track(track: Track, family: str, width: int, height: int, others: di
                 approach = gap[p - 1] - low > delta or (gap[p - 1] > low and before2 - low > 2 * delta)
                 departure = gap[q + 1] - low > delta or (gap[q + 1] > low and after2 - low > 2 * delta)
                 if approach and departure and low <= reach:
-                    if all(abs(i.frame - 0.5 * (p + q)) > 1.0 for i in impacts.values()) or kind == "disc":
-                        for key in [key for key, i in impacts.items() if abs(i.frame - 0.5 * (p + q)) <= 1.0]:
+                    # One contact seen by two gaps (a corner) is kept once; two walls hit a frame or
+                    # more apart (a fast ball in a corner) are two contacts.
+                    def same_contact(key: int) -> bool:
+                        apart = abs(impacts[key].frame - 0.5 * (p + q))
+                        return apart < 1.0 or (apart <= 1.0 and source[key] == which)
+
+                    if kind == "disc" or not any(same_contact(key) for key in impacts):
+                        for key in [key for key in impacts if same_contact(key)]:
                             del impacts[key]
                         impacts[p] = Impact(p, q, kind, partner=partner)
+                        source[p] = which
                     break
 
     teleports: list[int] = []
@@ -564,19 +572,52 @@ def _check_momentum(motions, by_colour, lim):
     return _law(passed, worst, worst_limit)
 
 
+def _floor_contact_gaps(m: Motion, floor: float) -> list[float]:
+    """Height of the disc's bottom above the floor at each bounce, where the fitted flights before
+    and after it meet: a fast ball turns between two frames, so no sampled frame shows how deep it
+    went. With one shared acceleration the two parabolas differ by a line in t, so they meet once."""
+    if m.accel is None:
+        return []
+    a = float(m.accel[1])
+    radius = float(np.nanmedian(m.track.radius[m.usable]))
+    out = []
+    for impact in m.impacts:
+        if impact.left is None or impact.right is None:
+            continue
+        left, right = m.segments[impact.left], m.segments[impact.right]
+
+        def height_gap(t: float) -> float:
+            return float(left.position(t, m.accel)[1] - right.position(t, m.accel)[1])
+
+        t0, t1 = impact.first - 1.0, impact.last + 1.0  # the last frame before, the first after
+        g0, g1 = height_gap(t0), height_gap(t1)
+        if g0 == g1:
+            continue
+        t = t0 - g0 * (t1 - t0) / (g1 - g0)
+        falling, rising = left.velocity(t, m.accel)[1] < 0, right.velocity(t, m.accel)[1] > 0
+        if t0 <= t <= t1 and falling and rising and abs(a) > 0:  # a floor bounce inside its window
+            out.append(float(left.position(t, m.accel)[1]) - radius - floor)
+    return out
+
+
 def _check_penetration(motions, height, lim):
+    """Depth of the disc's bottom below the floor: in every sampled frame, and at each bounce where
+    the fitted flights meet (within the fixed tolerance plus 3 sigma of the track's noise)."""
     floor = FLOOR_Y * height
-    deepest = None
+    worst = None  # (depth beyond its limit, depth, limit)
     for m in motions:
         ok = m.usable
         if not ok.any():
             continue
-        gap = m.track.pos[ok, 1] - m.track.radius[ok] - floor
-        value = float(-np.min(gap))
-        deepest = value if deepest is None else max(deepest, value)
-    if deepest is None:
+        readings = [(float(-np.min(m.track.pos[ok, 1] - m.track.radius[ok] - floor)), lim["penetration_px"])]
+        fitted_limit = lim["penetration_px"] + lim["nsigma"] * m.sigma
+        readings += [(-gap, fitted_limit) for gap in _floor_contact_gaps(m, floor)]
+        for depth, limit in readings:
+            if worst is None or depth - limit > worst[0]:
+                worst = (depth - limit, depth, limit)
+    if worst is None:
         return _law(None, None, None, "no usable frame")
-    return _law(deepest <= lim["penetration_px"], deepest, lim["penetration_px"])
+    return _law(worst[0] <= 0, worst[1], worst[2])
 
 
 def _check_teleport(motions, lim):
@@ -712,7 +753,10 @@ def _check_reappear(motions, result: TrackResult, lim):
             if not (track.occluded[run].any() or (~track.present[run]).any() and (track.occluded[k - 1] or (j < f and track.occluded[j]))):
                 k = j
                 continue
-            pre = next((s for s in reversed(m.segments) if s.frames[-1] == k - 1), None)
+            # the flight into the occluder: its last fitted frame can sit a frame or two before the
+            # first hidden one (ends near a boundary are trimmed), with no contact in between
+            pre = next((s for s in reversed(m.segments) if k - 3 <= s.frames[-1] <= k - 1
+                        and not any(s.frames[-1] < i.first < k for i in m.impacts)), None)
             if pre is None or len(pre.frames) < 3:
                 k = j
                 continue
@@ -1035,10 +1079,19 @@ CORRUPTION_CASES: dict[str, tuple[str, dict, str | None]] = {
 
 
 def corruption_applies(kind: str, clip: Clip) -> bool:
-    """Whether `clip` can show corruption `kind` (a speed change needs a wall contact with room to
-    measure before and after)."""
+    """Whether `clip` can show corruption `kind`: a speed change needs a wall contact with room to
+    measure before and after; a late reappearance needs a few clear frames before the disc reaches
+    the occluder (the prediction of where it comes out is fitted on them) and its delayed exit
+    inside the clip."""
     if kind == "speed_change":
         return any(e["kind"].startswith("wall") and 5 <= e["frame"] <= 24 for e in clip.events)
+    if kind == "late_reappear":
+        behind, occ = world.first_pass_behind(clip), clip.scene.get("occluder")
+        if not len(behind):
+            return False
+        x, r = clip.positions[:, 0, 0], clip.radii[:, 0]
+        touching = np.nonzero((x + r > occ["x0"] - 1 / 64) & (x - r < occ["x1"] + 1 / 64))[0]
+        return touching[0] >= 6 and behind[-1] + world.LATE_REAPPEAR_DELAY + 3 < clip.num_frames
     return True
 
 
