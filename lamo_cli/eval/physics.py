@@ -578,7 +578,6 @@ def _floor_contact_gaps(m: Motion, floor: float) -> list[float]:
     went. With one shared acceleration the two parabolas differ by a line in t, so they meet once."""
     if m.accel is None:
         return []
-    a = float(m.accel[1])
     radius = float(np.nanmedian(m.track.radius[m.usable]))
     out = []
     for impact in m.impacts:
@@ -595,7 +594,7 @@ def _floor_contact_gaps(m: Motion, floor: float) -> list[float]:
             continue
         t = t0 - g0 * (t1 - t0) / (g1 - g0)
         falling, rising = left.velocity(t, m.accel)[1] < 0, right.velocity(t, m.accel)[1] > 0
-        if t0 <= t <= t1 and falling and rising and abs(a) > 0:  # a floor bounce inside its window
+        if t0 <= t <= t1 and falling and rising:  # a floor bounce inside its window
             out.append(float(left.position(t, m.accel)[1]) - radius - floor)
     return out
 
