@@ -210,6 +210,13 @@ def analyse_track(track: Track, family: str, width: int, height: int, others: di
     source: dict[int, int] = {}  # impact key -> index of the gap function that found it
     delta = lim["impact_delta_px"]
     gaps = _gaps(track, family, width, height, others)
+
+    def same_contact(key: int, frame: float, which: int) -> bool:
+        """One contact seen by two gaps (a corner) is kept once; two walls hit a frame or more
+        apart (a fast ball in a corner) are two contacts."""
+        apart = abs(impacts[key].frame - frame)
+        return apart < 1.0 or (apart <= 1.0 and source[key] == which)
+
     for which, (kind, gap, partner) in enumerate(gaps):
         for p in range(1, f - 1):
             for q in (p, p + 1):
@@ -230,14 +237,9 @@ def analyse_track(track: Track, family: str, width: int, height: int, others: di
                 approach = gap[p - 1] - low > delta or (gap[p - 1] > low and before2 - low > 2 * delta)
                 departure = gap[q + 1] - low > delta or (gap[q + 1] > low and after2 - low > 2 * delta)
                 if approach and departure and low <= reach:
-                    # One contact seen by two gaps (a corner) is kept once; two walls hit a frame or
-                    # more apart (a fast ball in a corner) are two contacts.
-                    def same_contact(key: int) -> bool:
-                        apart = abs(impacts[key].frame - 0.5 * (p + q))
-                        return apart < 1.0 or (apart <= 1.0 and source[key] == which)
-
-                    if kind == "disc" or not any(same_contact(key) for key in impacts):
-                        for key in [key for key in impacts if same_contact(key)]:
+                    same = [key for key in impacts if same_contact(key, 0.5 * (p + q), which)]
+                    if kind == "disc" or not same:
+                        for key in same:
                             del impacts[key]
                         impacts[p] = Impact(p, q, kind, partner=partner)
                         source[p] = which
