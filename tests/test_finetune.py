@@ -406,3 +406,90 @@ def test_two_process_torchrun_finetune(cache, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints" / "step-000003").glob("rng-rank*")) == ["rng-rank0.safetensors", "rng-rank1.safetensors"]
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["samples_seen"] == 6
+
+
+# ---------------------------------------------------------------- held-out loss
+def _held_out(cache, timesteps=(100, 600), seed=0):
+    backbone = load_backbone("tiny-random", device="cpu")
+    held = finetune_module.load_heldout_set(cache, 3, timesteps, backbone.latent_fingerprint(), backbone.scaling_factor, "tiny-random", seed=seed)
+    return backbone, held
+
+
+def _heldout_by_hand(transformer, held, alphas):
+    """Per-timestep mean of mean((x0_hat - x0)^2) / (1 - abar), in float64, one clip at a time."""
+    out = {}
+    for t in held.timesteps:
+        losses = []
+        for i in range(len(held.x0)):
+            x0 = held.x0[i:i + 1].double()
+            abar = float(alphas[t])
+            x_t = abar ** 0.5 * x0 + (1 - abar) ** 0.5 * held.noise(i, t)[None].double()
+            with torch.no_grad():
+                v = transformer(hidden_states=x_t.float(), encoder_hidden_states=held.text[i:i + 1], timestep=torch.tensor([t]),
+                                return_dict=False)[0].double()
+            x0_hat = abar ** 0.5 * x_t - (1 - abar) ** 0.5 * v
+            losses.append(float(((x0_hat - x0) ** 2).mean() / (1 - abar)))
+        out[t] = sum(losses) / len(losses)
+    return out
+
+
+def test_heldout_loss_is_the_training_loss_on_fixed_noise_and_splits_over_ranks(cache):
+    backbone, held = _held_out(cache)
+    alphas = backbone.alphas_cumprod()
+    predict = lambda x, t, c: backbone.predict_v(x, t, c)  # noqa: E731
+    totals = finetune_module.heldout_loss(predict, held, alphas, batch_size=4)
+    assert totals[:, 1].tolist() == [3.0, 3.0]
+    expected = _heldout_by_hand(backbone.transformer, held, alphas)
+    for k, t in enumerate(held.timesteps):
+        assert float(totals[k, 0] / totals[k, 1]) == pytest.approx(expected[t], rel=1e-4)
+    # the same numbers again (fixed noise), and two ranks' shares add up to one process's
+    assert torch.allclose(finetune_module.heldout_loss(predict, held, alphas, batch_size=2), totals, rtol=1e-6)
+    shares = sum(finetune_module.heldout_loss(predict, held, alphas, batch_size=4, rank=r, world_size=2) for r in range(2))
+    assert torch.allclose(shares, totals, rtol=1e-6)
+    other = finetune_module.HeldOutSet(held.x0, held.text, held.timesteps, seed=4)
+    assert not torch.allclose(finetune_module.heldout_loss(predict, other, alphas, batch_size=4), totals)
+
+
+def test_val_cache_logs_step_zero_and_every_n_and_the_last_is_the_saved_weights(cache, tmp_path):
+    from diffusers import CogVideoXTransformer3DModel
+
+    run = tmp_path / "run"
+    summary = _train(cache, run, full=True, steps=4, save_every=4, ema_decay=0.5, val_cache=cache, val_clips=3, val_every=2,
+                     val_timesteps="600,100", seed=7)
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert list(rows[0]["val_loss_by_t"]) == ["100", "600"]
+    backbone, held = _held_out(cache)  # the same noise whatever the run's --seed
+    alphas = backbone.alphas_cumprod()
+    start = _heldout_by_hand(backbone.transformer, held, alphas)
+    assert rows[0]["val_loss_by_t"]["100"] == pytest.approx(start[100], rel=1e-4)
+    saved = CogVideoXTransformer3DModel.from_pretrained(run / "transformer")  # the moving average
+    end = _heldout_by_hand(saved, held, alphas)
+    assert rows[-1]["val_loss_by_t"]["600"] == pytest.approx(end[600], rel=1e-4)
+    assert rows[-1]["val_loss"] == pytest.approx((end[100] + end[600]) / 2, rel=1e-4)
+    assert rows[-1]["val_loss"] != rows[0]["val_loss"]
+    results = json.loads((run / "run.json").read_text())["results"]["val_loss"]
+    assert results["first_step"] == 0 and results["last_step"] == 4 and results["clips"] == 3
+    assert summary.val_loss["last"] == pytest.approx(rows[-1]["val_loss"])
+    assert (run / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("option, fragment", [
+    (["--val-cache", "absent-cache"], "--val-cache"),
+    (["--val-timesteps", "100,abc"], "--val-timesteps '100,abc'"),
+    (["--val-timesteps", "1000"], "--val-timesteps '1000'"),
+    (["--val-clips", "0"], "--val-clips 0: must be at least 1"),
+])
+def test_bad_held_out_options_are_one_line(cache, tmp_path, option, fragment):
+    result = runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), "--steps", "1", "--lora-rank", "4",
+                                 *[str(tmp_path / o) if o == "absent-cache" else o for o in option], "--no-progress"])
+    _one_line_error(result, fragment)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_val_cache_of_another_backbone_is_refused(cache, tmp_path):
+    other = load_backbone("tiny-random", device="cpu")
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(0.5)
+    with pytest.raises(LamoError, match="fingerprint"):
+        finetune_module.load_heldout_set(cache, 2, (100,), other.latent_fingerprint(), other.scaling_factor, "other")

@@ -12,7 +12,8 @@ the stream position, so --resume continues with exactly the batches an uninterru
 
 Run folder RUN:
     run.json                       every setting, seeds, world size, effective batch, backbone, versions
-    metrics.jsonl, loss.png        per-step terms by name and per-phase timing
+    metrics.jsonl, loss.png        per-step terms by name and per-phase timing; with --val-cache also
+                                   the held-out loss (step 0 and every --val-every steps)
     checkpoints/step-XXXXXX/       trainable weights, optimizer, RNG per rank, data position (last 2)
     pytorch_lora_weights.safetensors + lora.json   (LoRA; loadable by CogVideoXPipeline.load_lora_weights)
     transformer/                   (--full; diffusers save_pretrained, safetensors)
@@ -36,7 +37,7 @@ import torch
 from lamo_cli.errors import LamoError
 from lamo_cli.versions import library_versions
 from lamo_cli.fileio import save_safetensors, write_json
-from lamo_cli.motion.drift import lamo_objective, x0_from_v
+from lamo_cli.motion.drift import diffusion_loss, lamo_objective, x0_from_v
 from lamo_cli.training import (
     EpochStream,
     LRSchedule,
@@ -99,6 +100,7 @@ class FinetuneSummary:
     backbone: str
     rank: int = 0
     stopped_at_step: int | None = None  # --max-minutes ended the run here, before `steps`
+    val_loss: dict[str, Any] | None = None  # --val-cache: first and last held-out loss (see heldout_summary)
     outputs: dict[str, str] = dataclass_field(default_factory=dict)
     phase_seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
@@ -183,6 +185,8 @@ _SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "logit_std": (lambda v: v > 0 and math.isfinite(v), "must be positive"),
     "mixed_precision": (lambda v: v in MIXED_PRECISIONS, f"use {', '.join(MIXED_PRECISIONS)}"),
     "max_minutes": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 = no time limit)"),
+    "val_clips": (lambda v: v >= 1, "must be at least 1"),
+    "val_every": (lambda v: v >= 0, "must be >= 0 (0 = every --save-every steps)"),
 }
 
 
@@ -208,6 +212,106 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.
     shape = (-1,) + (1,) * (x0.dim() - 1)
     abar = abar.to(torch.float64).reshape(shape)
     return (abar.sqrt().to(x0.dtype) * x0 + (1.0 - abar).sqrt().to(x0.dtype) * eps).to(x0.dtype)
+
+
+# ==================================================================== held-out loss
+DEFAULT_VAL_TIMESTEPS = "100,300,500,700,900"
+
+
+def parse_val_timesteps(text: str | list[int] | tuple[int, ...], num_train_timesteps: int = 1000) -> tuple[int, ...]:
+    """Sorted distinct training timesteps from "100,300,..." (or a list); LamoError naming --val-timesteps."""
+    try:
+        parts = text.split(",") if isinstance(text, str) else list(text)
+        values = tuple(sorted({int(str(v).strip()) for v in parts if str(v).strip()}))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v < num_train_timesteps for v in values):
+        raise LamoError(f"--val-timesteps {text!r}: give comma-separated training timesteps in 0..{num_train_timesteps - 1}, "
+                        f"e.g. {DEFAULT_VAL_TIMESTEPS}")
+    return values
+
+
+@dataclass
+class HeldOutSet:
+    """Held-out clips asked the same question at every validation: the diffusion loss at fixed
+    timesteps with fixed noise, so that numbers compare step for step, within a run and across runs
+    (the noise depends only on `seed`, the clip's position and the timestep)."""
+
+    x0: torch.Tensor  # [N, T, C, h, w], scaled latents
+    text: torch.Tensor  # [N, L, D]
+    timesteps: tuple[int, ...]
+    seed: int = 0
+
+    def pairs(self, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+        """This rank's share of the (clip, timestep) pairs."""
+        every = [(i, t) for i in range(len(self.x0)) for t in self.timesteps]
+        return every[rank::world_size]
+
+    def noise(self, clip: int, timestep: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "val-noise", clip, timestep))
+        return torch.randn(tuple(self.x0.shape[1:]), generator=gen)
+
+
+def heldout_loss(predict_v: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], held: HeldOutSet,
+                 alphas_cumprod: torch.Tensor, batch_size: int = 8, device: torch.device | str = "cpu",
+                 rank: int = 0, world_size: int = 1, autocast: Callable[[], Any] = contextlib.nullcontext,
+                 input_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[len(timesteps), 2] float64: (sum, count) of the per-clip diffusion loss over this rank's pairs.
+
+    `predict_v(x_t, t, text)` is the model; the loss is the training one (`diffusion_loss`, the v-MSE),
+    computed clip by clip so that a sum over ranks is the same whatever the batch split."""
+    device = torch.device(device)
+    slot = {t: k for k, t in enumerate(held.timesteps)}
+    totals = torch.zeros(len(held.timesteps), 2, dtype=torch.float64)
+    pairs = held.pairs(rank, world_size)
+    alphas = alphas_cumprod.to(device)
+    with torch.no_grad():
+        for start in range(0, len(pairs), max(1, batch_size)):
+            chunk = pairs[start:start + max(1, batch_size)]
+            clips = [i for i, _ in chunk]
+            x0 = held.x0[clips].to(device)
+            text = held.text[clips].to(device)
+            t = torch.tensor([t for _, t in chunk], device=device)
+            eps = torch.stack([held.noise(i, step) for i, step in chunk]).to(device)
+            abar = alphas[t]
+            x_t = add_noise(x0, eps, abar)
+            with autocast():
+                v_hat = predict_v(x_t.to(input_dtype), t, text.to(input_dtype))
+            x0_hat = x0_from_v(x_t, v_hat.float(), abar)
+            for k, (_, step) in enumerate(chunk):
+                totals[slot[step], 0] += float(diffusion_loss(x0_hat[k:k + 1], x0[k:k + 1], abar[k:k + 1]))
+                totals[slot[step], 1] += 1
+    return totals
+
+
+def load_heldout_set(val_cache: str | os.PathLike, clips: int, timesteps: tuple[int, ...], fingerprint: str,
+                     scaling_factor: float, spec: str, seed: int = 0) -> HeldOutSet:
+    """The first `clips` clips of a cache encoded by the same backbone, scaled, with their captions.
+    The noise seed is not the run's: runs with different training seeds answer the same question."""
+    from lamo_cli.data.cache import LatentCache, LatentDataset
+
+    try:
+        cache = LatentCache(val_cache)
+    except LamoError as exc:
+        raise LamoError(f"--val-cache: {exc}") from None
+    if len(cache) == 0:
+        raise LamoError(f"--val-cache {val_cache} holds no clips; encode some held-out videos into it with `lamo encode`")
+    cache.check_fingerprint(fingerprint, f"--backbone {spec}")
+    if abs(float(cache.info.scaling_factor) - scaling_factor) > 1e-6:
+        raise LamoError(f"--val-cache {val_cache} records scaling factor {cache.info.scaling_factor} but --backbone {spec} "
+                        f"uses {scaling_factor}; re-encode it with this backbone")
+    indices = list(range(min(clips, len(cache))))
+    x0, text = LatentDataset(cache, scaled=True).batch(indices, cache.empty_text_embedding(), torch.zeros(len(indices), dtype=torch.bool))
+    return HeldOutSet(x0=x0.cpu(), text=text.cpu(), timesteps=timesteps, seed=seed)
+
+
+def heldout_summary(records: list[dict[str, Any]], held: HeldOutSet) -> dict[str, Any] | None:
+    """First and last held-out loss of a run's metrics (a resumed run's earlier ones included)."""
+    rows = [r for r in records if isinstance(r.get("val_loss"), (int, float))]
+    if not rows:
+        return None
+    return {"clips": len(held.x0), "timesteps": list(held.timesteps), "first_step": rows[0]["step"], "first": rows[0]["val_loss"],
+            "last_step": rows[-1]["step"], "last": rows[-1]["val_loss"], "last_by_t": rows[-1].get("val_loss_by_t")}
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -249,6 +353,10 @@ def finetune(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     max_minutes: float = 0.0,
+    val_cache: str | os.PathLike | None = None,
+    val_clips: int = 16,
+    val_every: int = 0,
+    val_timesteps: str = DEFAULT_VAL_TIMESTEPS,
     progress: bool = True,
 ) -> FinetuneSummary:
     """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
@@ -257,7 +365,8 @@ def finetune(
                       save_every=save_every, drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank,
                       lora_alpha=lora_alpha, caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
                       timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std,
-                      mixed_precision=mixed_precision, max_minutes=max_minutes)
+                      mixed_precision=mixed_precision, max_minutes=max_minutes, val_clips=val_clips, val_every=val_every)
+    held_timesteps = parse_val_timesteps(val_timesteps)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
@@ -312,6 +421,11 @@ def finetune(
     signature = transformer_signature(transformer)
     alphas = bb.alphas_cumprod()  # float32 [1000], the scheduler's own
     num_train_timesteps = len(alphas)
+    held = None
+    if val_cache is not None:
+        held = load_heldout_set(val_cache, val_clips, parse_val_timesteps(val_timesteps, num_train_timesteps),
+                                fingerprint, scaling_factor, spec)
+        settings.update(val_clips_used=len(held.x0))
 
     # ---------------------------------------------------------------- out folder and resume
     checkpoint_dir = latest_checkpoint(out) if resume else None
@@ -422,6 +536,29 @@ def finetune(
     timed_steps = 0
     autocast = accelerator.autocast
     alphas_dev = alphas.to(device)
+    every_val = val_every or save_every
+
+    def validate() -> dict[str, Any]:
+        """Held-out loss of the weights that would be saved now (the moving average when there is one)."""
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        unwrapped.eval()
+        try:
+            totals = heldout_loss(lambda x, t, c: bb.predict_v(x, t, c, transformer=unwrapped), held, alphas_dev, batch_size,
+                                  device, rank, world_size, autocast, input_dtype)
+        finally:
+            unwrapped.train()
+            if ema is not None:
+                ema.restore(trainable)
+        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu() if world_size > 1 else totals
+        by_t = {str(t): float(totals[k, 0] / totals[k, 1]) for k, t in enumerate(held.timesteps)}
+        return {"val_loss": float(totals[:, 0].sum() / totals[:, 1].sum()), "val_loss_by_t": by_t}
+
+    last_val = None
+    if held is not None and start_step == 0:
+        last_val = validate()
+        log.write({"step": 0, **last_val})
 
     # ---------------------------------------------------------------- loop
     accelerator.wait_for_everyone()
@@ -481,6 +618,9 @@ def finetune(
                   "epoch": stream.epoch_of(position - 1), **{f"time_{k}": v for k, v in phases.items()}, "time_step": step_times[-1]}
         if device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if held is not None and (done % every_val == 0 or done == steps):
+            last_val = validate()
+            record.update(last_val)
         log.write(record)
         if bar is not None:
             bar.update(1)
@@ -488,6 +628,8 @@ def finetune(
                 postfix = {"loss": f"{sums['loss']:.4f}", "diff": f"{sums['diffusion']:.4f}"}
                 if drift_weight > 0:
                     postfix["drift"] = f"{sums['drift']:.3f}"
+                if last_val is not None:
+                    postfix["val"] = f"{last_val['val_loss']:.4f}"
                 postfix.update(lr=f"{current_lr:.1e}", s_step=f"{step_times[-1]:.2f}")
                 bar.set_postfix(postfix)
         out_of_time = deadline is not None and done < steps and _past_deadline(accelerator, deadline, device)
@@ -518,14 +660,15 @@ def finetune(
             outputs["transformer"] = str(_save_full(unwrapped, out, bb.dtype))
         else:
             outputs.update(_save_lora(unwrapped, out, lora_config, lora_rank, lora_alpha, targets))
-        plot_loss_curve(records, out / "loss.png", keys=["loss", "diffusion", "drift", "lr"],
+        plot_loss_curve(records, out / "loss.png", keys=["loss", "diffusion", "drift", "val_loss", "lr"],
                         title=f"finetune {bb.name} (drift weight {drift_weight}, {'full' if full else f'LoRA r{lora_rank}'})")
         outputs["loss_curve"] = str(out / "loss.png")
         run_info.update(status="finished", outputs={"kind": run_info["kind"], **outputs},
                         results={"first_loss": losses[0] if losses else None, "final_loss": float(sum(tail) / len(tail)),
                                  "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
                                  "phase_seconds": phase_seconds, "steps_run_in_this_process": len(step_times),
-                                 "stopped_at_step": stopped_at})
+                                 "stopped_at_step": stopped_at,
+                                 "val_loss": heldout_summary(records, held) if held is not None else None})
         write_json(out / RUN_JSON, run_info)
     accelerator.wait_for_everyone()
     results = run_info.get("results", {})
@@ -535,6 +678,7 @@ def finetune(
         world_size=world_size, effective_batch_size=effective_batch, trainable_parameters=run_info["trainable_parameters"],
         seconds_per_step=(sum(step_times) / len(step_times)) if step_times else math.nan, mixed_precision=precision,
         backbone=bb.name, rank=rank, stopped_at_step=stopped_at, outputs=outputs, phase_seconds=phase_seconds,
+        val_loss=results.get("val_loss"),
     )
 
 
