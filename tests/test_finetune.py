@@ -389,6 +389,7 @@ def test_bf16_is_honoured_on_the_cpu_and_fp16_is_not(cache, tmp_path):
 
 # ---------------------------------------------------------------- two processes
 def test_two_process_torchrun_finetune(cache, tmp_path):
+    """Two processes train one run (rank 0 writes), and share the held-out loss's pairs."""
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with socket.socket() as probe:  # a free port, so a parallel torchrun elsewhere cannot collide
@@ -396,7 +397,8 @@ def test_two_process_torchrun_finetune(cache, tmp_path):
         port = str(probe.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "lamo_cli.cli", "finetune", str(cache), "--out", str(out), "--steps", "3", "--save-every", "2",
-           "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--batch-size", "1", "--no-progress"]
+           "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--batch-size", "1", "--no-progress",
+           "--val-cache", str(cache), "--val-clips", "3", "--val-timesteps", "100,600", "--val-every", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("wrote lora:") == 1, done.stdout  # rank 0 alone reports and writes
@@ -405,7 +407,13 @@ def test_two_process_torchrun_finetune(cache, tmp_path):
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     assert sorted(p.name for p in (out / "checkpoints" / "step-000003").glob("rng-rank*")) == ["rng-rank0.safetensors", "rng-rank1.safetensors"]
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["samples_seen"] == 6
+    assert [r["step"] for r in records] == [0, 1, 2, 3] and records[-1]["samples_seen"] == 6
+    # the held-out loss, its pairs split over the two ranks and summed: at step 0 (a LoRA starts as a
+    # no-op) it is the base model's, computed here in one process
+    backbone, held = _held_out(cache)
+    expected = _heldout_by_hand(backbone.transformer, held, backbone.alphas_cumprod())
+    assert records[0]["val_loss_by_t"]["600"] == pytest.approx(expected[600], rel=1e-4)
+    assert "val_loss" in records[3] and "val_loss" not in records[2]
 
 
 # ---------------------------------------------------------------- held-out loss

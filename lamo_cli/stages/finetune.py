@@ -366,7 +366,7 @@ def finetune(
                       lora_alpha=lora_alpha, caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
                       timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std,
                       mixed_precision=mixed_precision, max_minutes=max_minutes, val_clips=val_clips, val_every=val_every)
-    held_timesteps = parse_val_timesteps(val_timesteps)
+    parse_val_timesteps(val_timesteps)  # a bad list fails before any work (checked again against the scheduler)
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
