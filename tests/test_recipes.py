@@ -158,3 +158,23 @@ def test_score_calibration_reports_every_family_and_corruption(tmp_path):
     assert set(report["corruptions"]) == set(CORRUPTION_CASES)
     assert all(row["n"] == 1 and row["caught"] == row["exclusive"] == 100.0 for row in report["corruptions"].values())
     assert module.main(["--clips", "0", "--out", str(tmp_path / "x.json")]) == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_heldout_loss_script_compares_models_on_the_same_noise(tmp_path):
+    import importlib.util
+
+    from conftest import write_clips
+
+    spec = importlib.util.spec_from_file_location("heldout_loss", RECIPES_DIR / "experiments" / "heldout_loss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cache = tmp_path / "cache"
+    encode(write_clips(tmp_path, n=2, frames=17, size=64), backbone="tiny-random", out=cache, progress=False)
+    out = tmp_path / "heldout.json"
+    assert module.main([str(cache), "tiny-random", "tiny-random", "--clips", "5", "--timesteps", "600,100", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["models"]
+    assert [r["clips"] for r in rows] == [2, 2] and list(rows[0]["val_loss_by_t"]) == ["100", "600"]
+    assert rows[0]["val_loss"] == rows[1]["val_loss"] > 0  # fixed noise: the same model gives the same number
+    assert rows[0]["val_loss"] == pytest.approx(sum(rows[0]["val_loss_by_t"].values()) / 2)
+    assert module.main([str(cache), "tiny-random", "--timesteps", "1000"]) == 2
+    assert module.main([str(tmp_path / "absent"), "tiny-random"]) == 2
