@@ -284,6 +284,12 @@ def heldout_loss(predict_v: Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
     return totals
 
 
+def heldout_values(totals: torch.Tensor, timesteps: tuple[int, ...]) -> dict[str, Any]:
+    """{"val_loss": mean over every pair, "val_loss_by_t": {"t": mean}} from `heldout_loss` totals."""
+    by_t = {str(t): float(totals[k, 0] / totals[k, 1]) for k, t in enumerate(timesteps)}
+    return {"val_loss": float(totals[:, 0].sum() / totals[:, 1].sum()), "val_loss_by_t": by_t}
+
+
 def load_heldout_set(val_cache: str | os.PathLike, clips: int, timesteps: tuple[int, ...], fingerprint: str,
                      scaling_factor: float, spec: str, seed: int = 0) -> HeldOutSet:
     """The first `clips` clips of a cache encoded by the same backbone, scaled, with their captions.
@@ -552,8 +558,7 @@ def finetune(
             if ema is not None:
                 ema.restore(trainable)
         totals = accelerator.reduce(totals.to(device), reduction="sum").cpu() if world_size > 1 else totals
-        by_t = {str(t): float(totals[k, 0] / totals[k, 1]) for k, t in enumerate(held.timesteps)}
-        return {"val_loss": float(totals[:, 0].sum() / totals[:, 1].sum()), "val_loss_by_t": by_t}
+        return heldout_values(totals, held.timesteps)
 
     last_val = None
     if held is not None and start_step == 0:

@@ -17,6 +17,7 @@ import sys
 
 from lamo_cli.errors import LamoError
 from lamo_cli.fileio import write_json
+from lamo_cli.stages.finetune import DEFAULT_VAL_TIMESTEPS, heldout_loss, heldout_values, load_heldout_set, parse_val_timesteps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cache")
     parser.add_argument("models", nargs="+")
     parser.add_argument("--clips", type=int, default=16)
-    parser.add_argument("--timesteps", default="100,300,500,700,900")
+    parser.add_argument("--timesteps", default=DEFAULT_VAL_TIMESTEPS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default=None, help="also write the table as JSON here")
     args = parser.parse_args(argv)
 
     from lamo_cli.backbones import load_backbone
-    from lamo_cli.stages.finetune import heldout_loss, load_heldout_set, parse_val_timesteps
 
     try:
         if args.clips < 1:
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             held = load_heldout_set(args.cache, args.clips, timesteps, backbone.latent_fingerprint(), backbone.scaling_factor, model)
             backbone.transformer.eval()
             totals = heldout_loss(lambda x, t, c: backbone.predict_v(x, t, c), held, backbone.alphas_cumprod(), args.batch_size)
-            rows.append({"model": model, "clips": len(held.x0), "val_loss": float(totals[:, 0].sum() / totals[:, 1].sum()),
-                         "val_loss_by_t": {str(t): float(totals[k, 0] / totals[k, 1]) for k, t in enumerate(timesteps)}})
+            rows.append({"model": model, "clips": len(held.x0), **heldout_values(totals, timesteps)})
             by_t = "  ".join(f"t={t} {v:.5f}" for t, v in rows[-1]["val_loss_by_t"].items())
             print(f"{model}: {rows[-1]['val_loss']:.5f}  ({by_t})", flush=True)
     except LamoError as exc:
