@@ -47,6 +47,14 @@ def initial_latents(backbone, batch: int, generator: Optional[torch.Generator], 
     return randn_tensor(shape, generator=generator, device=backbone.device, dtype=dtype)
 
 
+def steps_to_run(num_steps: int, strength: float) -> int:
+    """How many of the schedule's last steps a video-to-video run takes: `int(num_steps * strength)`,
+    as `CogVideoXVideoToVideoPipeline` counts them (strength 1 runs the whole schedule)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return min(int(num_steps * strength + 1e-9), num_steps)
+
+
 def _sync(device: torch.device) -> None:
     # Honest timings on GPU: kernels run asynchronously.
     if device.type == "cuda":
@@ -71,6 +79,8 @@ def sample(
     latents: Optional[torch.Tensor] = None,
     callback: Optional[StepCallback] = None,
     transformer: Optional[torch.nn.Module] = None,
+    init_latents: Optional[torch.Tensor] = None,
+    strength: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Denoise from noise to a clean SCALED latent video [B, T, C, h, w] (float32).
 
@@ -81,6 +91,12 @@ def sample(
     field gives exactly the unguided loop. generator (or seed -> CPU generator) draws the initial
     noise when `latents` is not given, and the DPM sampler's step noise. eta is passed to the
     scheduler (the CogVideoX schedulers ignore it). transformer overrides the backbone's own.
+
+    init_latents (clean SCALED latents [B, T, C, h, w]) + strength: video-to-video (SDEdit), as
+    `CogVideoXVideoToVideoPipeline` does it: the clip is noised to the timestep where the last
+    `steps_to_run(num_steps, strength)` steps of the num_steps schedule begin, and only those run
+    (`latents`, if also given, is the noise). Guidance and dynamic CFG see the step indices and
+    timesteps of the full schedule.
 
     info: timesteps, cfg scales, per-step guide_loss / grad_norm (None outside the window),
     first_guided_step, final_guide_loss (L_guide of the result, when a field is given), timings
@@ -107,12 +123,23 @@ def sample(
 
     scheduler = backbone.make_scheduler(sampler)
     scheduler.set_timesteps(num_steps, device=device)
-    timesteps = scheduler.timesteps
+    first_step = 0 if init_latents is None else num_steps - steps_to_run(num_steps, strength)
+    if first_step >= num_steps:
+        raise ValueError(f"strength {strength} with {num_steps} steps leaves no step to run")
+    timesteps = scheduler.timesteps[first_step:]
     alphas_cumprod = scheduler.alphas_cumprod
 
     if latents is None:
         latents = initial_latents(backbone, batch, generator)
-    latents = latents.to(device=device, dtype=torch.float32) * scheduler.init_noise_sigma
+    if init_latents is None:
+        latents = latents.to(device=device, dtype=torch.float32) * scheduler.init_noise_sigma
+    else:
+        if init_latents.shape != latents.shape:
+            raise ValueError(f"init_latents {tuple(init_latents.shape)} must be {tuple(latents.shape)}")
+        abar = alphas_cumprod[int(timesteps[0])].double()  # q(x_t | x_0) at the first step run
+        noise = latents.to(device=device, dtype=torch.float64)
+        clean = init_latents.to(device=device, dtype=torch.float64)
+        latents = (abar.sqrt() * clean + (1 - abar).sqrt() * noise).float()
 
     text = torch.cat([text_uncond, text_cond]) if do_cfg else text_cond
     text = text.to(device=device, dtype=model_dtype)
@@ -124,6 +151,7 @@ def sample(
     info: dict[str, Any] = {
         "sampler": sampler,
         "num_steps": num_steps,
+        "first_step": first_step,  # > 0 for video-to-video: the steps before it are skipped
         "timesteps": [int(t) for t in timesteps],
         "cfg_scales": [],
         "guided": guided,
@@ -136,7 +164,7 @@ def sample(
     _sync(device)
     start = time.perf_counter()
     with torch.no_grad():
-        for i, t in enumerate(timesteps):
+        for i, t in enumerate(timesteps, start=first_step):
             tick = time.perf_counter()
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
@@ -165,7 +193,7 @@ def sample(
             if sampler == "ddim":
                 latents = scheduler.step(v, t, latents, eta=eta, generator=generator, return_dict=False)[0]
             else:
-                previous_t = timesteps[i - 1] if i > 0 else None
+                previous_t = timesteps[i - first_step - 1] if i > first_step else None
                 latents, old_pred_original_sample = scheduler.step(
                     v, old_pred_original_sample, t, previous_t, latents, eta=eta, generator=generator, return_dict=False
                 )
@@ -179,7 +207,7 @@ def sample(
             info["final_guide_loss"] = float(guidance_loss(latents, field, pooled))
     info["timing"] = {
         "total_s": total_s,
-        "per_step_s": total_s / num_steps,
+        "per_step_s": total_s / len(timesteps),
         "backbone_s": backbone_s,
         "guidance_s": guidance_s,
         "guidance_fraction": guidance_s / total_s if total_s > 0 else 0.0,

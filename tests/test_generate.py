@@ -303,3 +303,88 @@ def test_missing_prompt_file_and_no_prompt(tmp_path):
 )
 def test_bad_options(tmp_path, args, needle):
     _one_line_error(_run(["generate", PROMPT, *args]), needle)
+
+
+# ==================================================================== video-to-video (--init-video)
+def _write_clip(folder: Path, name: str, caption: str | None, seed: int = 0) -> Path:
+    """A 17-frame 64x64 clip of a disc moving right (the tiny-random format), with its caption."""
+    from lamo_cli.data.mp4 import write_mp4
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = np.full((17, 64, 64, 3), 230, dtype=np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    for f in range(17):
+        frames[f][(yy - 30) ** 2 + (xx - 8 - 3 * f - seed) ** 2 < 36] = (200, 30, 30)
+    path = folder / f"{name}.mp4"
+    write_mp4(path, frames)
+    if caption is not None:
+        (folder / f"{name}.txt").write_text(caption)
+    return path
+
+
+def test_init_video_denoises_the_clip_from_its_caption(tmp_path, tiny):
+    import decord
+
+    clip = _write_clip(tmp_path / "clips", "ball", "a red ball rolls to the right")
+    result = _run(["generate", "--init-video", str(clip), "--strength", "0.4", "--steps", STEPS, "--out", str(tmp_path / "v.mp4"),
+                   "--prior", "none", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "x 2 steps" in result.output  # int(5 x 0.4) of the 5-step schedule
+    record = json.loads((tmp_path / "v.json").read_text())
+    assert record["prompt"] == "a red ball rolls to the right"
+    assert record["init_video"]["path"] == str(clip.resolve()) and record["init_video"]["strength"] == 0.4
+    assert record["init_video"]["first_step"] == 3 and record["init_video"]["frame_indices"] == list(range(17))
+    assert [s["step"] for s in record["guidance"]["per_step"]] == [3, 4]
+    # Independent: the clip's frames through the VAE (posterior mean, scaled), then the library loop.
+    frames = decord.VideoReader(str(clip)).get_batch(list(range(17))).asnumpy()
+    with torch.no_grad():
+        init = tiny.encode_video(frames[None])[0] * tiny.scaling_factor
+    expected, _ = sample(tiny, tiny.encode_text(["a red ball rolls to the right"]), tiny.encode_text([""]), num_steps=5, seed=42,
+                         init_latents=init, strength=0.4)
+    latent, _ = _latent(tmp_path / "v.latent.safetensors")
+    torch.testing.assert_close(latent, expected[0], atol=1e-5, rtol=0)
+
+
+def test_init_video_prompt_overrides_caption(tmp_path):
+    clip = _write_clip(tmp_path, "ball", "a red ball rolls to the right")
+    result = _run(["generate", PROMPT, "--init-video", str(clip), "--steps", STEPS, "--out", str(tmp_path / "v.mp4"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "v.json").read_text())
+    assert record["prompt"] == PROMPT and record["init_video"]["strength"] == 0.8  # the default
+
+
+def test_init_video_folder_skips_a_clip_without_caption_and_writes_the_rest(tmp_path):
+    _write_clip(tmp_path / "clips", "a_ball", "a red ball rolls to the right")
+    _write_clip(tmp_path / "clips", "b_nocaption", None, seed=5)
+    (tmp_path / "clips" / "c_broken.mp4").write_bytes(b"not an mp4")
+    (tmp_path / "clips" / "c_broken.txt").write_text("a broken clip")
+    result = _run(["generate", "--init-video", str(tmp_path / "clips"), "--steps", STEPS, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert (tmp_path / "out" / "000-a-ball.mp4").is_file() and (tmp_path / "out" / "000-a-ball.json").is_file()
+    assert "b_nocaption.mp4: no caption" in result.output and "c_broken" in result.output
+    assert "2 clip(s) skipped or failed" in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "out").glob("*nocaption*")) and not list((tmp_path / "out").glob("*broken*.mp4"))
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["x", "--strength", "0.5"], "--init-video"),
+        (["--init-video", "CLIP", "--strength", "0"], "--strength"),
+        (["--init-video", "CLIP", "--strength", "1.2"], "--strength"),
+        (["--init-video", "CLIP", "--strength", "0.1", "--steps", "5"], "runs no step"),
+        (["--init-video", "CLIP", "--prompts-file", "P"], "--prompts-file"),
+        (["--init-video", "nope.mp4"], "--init-video nope.mp4"),
+    ],
+)
+def test_init_video_bad_options(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    _write_clip(tmp_path, "CLIP", "a red ball").rename(tmp_path / "CLIP")
+    (tmp_path / "P").write_text("a ball\n")
+    _one_line_error(_run(["generate", *args]), needle)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_single_init_video_without_caption_is_a_one_line_error(tmp_path):
+    clip = _write_clip(tmp_path, "ball", None)
+    _one_line_error(_run(["generate", "--init-video", str(clip), "--out", str(tmp_path / "v.mp4")]), "no caption", "give PROMPT")

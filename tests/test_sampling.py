@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lamo_cli.backbones.cogvideox import TINY_RANDOM_FORMAT, CogVideoXBackbone, tiny_random_components  # noqa: E402
 from lamo_cli.motion import MotionField, MotionFieldConfig, pool_text  # noqa: E402
-from lamo_cli.sampling import dynamic_cfg_scale, sample  # noqa: E402
+from lamo_cli.sampling import dynamic_cfg_scale, initial_latents, sample, steps_to_run  # noqa: E402
 
 PROMPT = "a red ball falls onto the floor"
 
@@ -217,3 +217,71 @@ def test_bad_sampler_is_refused(tiny):
     cond, _ = _texts(tiny)
     with pytest.raises(ValueError, match="sampler"):
         sample(tiny, cond, None, num_steps=2, sampler="euler")
+
+
+# ==================================================================== video-to-video (init latents + strength)
+@pytest.mark.parametrize("steps, strength, expected", [(50, 0.8, 40), (30, 0.3, 9), (10, 1.0, 10), (10, 0.05, 0), (7, 0.5, 3)])
+def test_steps_to_run_counts_the_schedule_tail(steps, strength, expected):
+    assert steps_to_run(steps, strength) == expected
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.1, 1.5])
+def test_steps_to_run_refuses_strength_outside_0_1(strength):
+    with pytest.raises(ValueError, match="strength"):
+        steps_to_run(10, strength)
+
+
+def _clean_latents(backbone, seed: int = 3) -> torch.Tensor:
+    fmt = backbone.video_format
+    shape = (1, fmt.latent_frames, int(backbone.transformer.config.in_channels), fmt.latent_height, fmt.latent_width)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_video_to_video_last_step_by_hand_float64(tiny):
+    """strength 0.1 of 10 steps runs the last step only: noise the clip to that timestep with the
+    seed's noise, one CFG prediction, and the final DDIM step lands on x0_hat (alpha_prev = 1)."""
+    cond, uncond = _texts(tiny)
+    init = _clean_latents(tiny)
+    out, info = sample(tiny, cond, uncond, num_steps=10, dynamic_cfg=False, seed=5, init_latents=init, strength=0.1)
+    assert info["first_step"] == 9 and info["timesteps"] == [99] and len(info["cfg_scales"]) == 1
+    abar = tiny.make_scheduler("ddim").alphas_cumprod[99].double()
+    noise = initial_latents(tiny, 1, torch.Generator().manual_seed(5)).double()
+    x_t = abar.sqrt() * init.double() + (1 - abar).sqrt() * noise
+    with torch.no_grad():
+        v = tiny.predict_v(torch.cat([x_t, x_t]).float(), torch.tensor([99, 99]), torch.cat([uncond, cond]))
+    v_u, v_c = v.double().chunk(2)
+    expected = abar.sqrt() * x_t - (1 - abar).sqrt() * (v_u + 6.0 * (v_c - v_u))
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
+    # and the result stays near the clip it started from, unlike a sample from noise
+    from_noise, _ = sample(tiny, cond, uncond, num_steps=10, dynamic_cfg=False, seed=5)
+    assert (out - init).abs().mean() < 0.5 * (from_noise - init).abs().mean()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_strength_one_is_text_to_video_from_the_same_noise(tiny, sampler):
+    """abar at t = 999 is 0 (zero terminal SNR): the clip is fully noised away."""
+    cond, uncond = _texts(tiny)
+    assert float(tiny.make_scheduler(sampler).alphas_cumprod[999]) == 0.0
+    plain, _ = sample(tiny, cond, uncond, num_steps=4, seed=11, sampler=sampler)
+    from_clip, info = sample(tiny, cond, uncond, num_steps=4, seed=11, sampler=sampler, init_latents=_clean_latents(tiny), strength=1.0)
+    assert info["first_step"] == 0
+    torch.testing.assert_close(from_clip, plain, atol=1e-6, rtol=0)
+
+
+def test_video_to_video_keeps_the_full_schedules_timesteps_and_guidance_window(tiny):
+    cond, uncond = _texts(tiny)
+    field = _constant_motion_field(tiny.text_dim)
+    full = tiny.make_scheduler("ddim")
+    full.set_timesteps(10)
+    _, info = sample(tiny, cond, uncond, num_steps=10, seed=2, field=field, field_text_pooled=pool_text(cond),
+                     guidance_window=0.3, init_latents=_clean_latents(tiny), strength=0.5)
+    assert info["timesteps"] == [int(t) for t in full.timesteps[5:]]
+    # the window is the last 30% of all 10 steps (indices 7, 8, 9), not of the 5 that ran
+    assert [loss is not None for loss in info["guide_loss"]] == [False, False, True, True, True]
+    assert info["cfg_scales"][0] == pytest.approx(dynamic_cfg_scale(6.0, info["timesteps"][0], 10))
+
+
+def test_init_latents_of_another_shape_are_refused(tiny):
+    cond, uncond = _texts(tiny)
+    with pytest.raises(ValueError, match="init_latents"):
+        sample(tiny, cond, uncond, num_steps=2, seed=0, init_latents=_clean_latents(tiny)[:, :2], strength=0.5)

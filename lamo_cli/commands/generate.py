@@ -14,7 +14,7 @@ from lamo_cli.recipes import resolve_options
 @handle_errors
 def command(
     ctx: typer.Context,
-    prompt: Annotated[Optional[str], typer.Argument(help="What the video should show (or use --prompts-file).", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="What the video should show (or use --prompts-file; with --init-video it defaults to each clip's caption).", show_default=False)] = None,
     backbone: Annotated[
         Optional[str],
         typer.Option(help="tiny, tiny-random, cogvideox-2b, cogvideox-5b, or a local diffusers CogVideoX folder (default: tiny when installed, else tiny-random).", show_default=False),
@@ -36,6 +36,14 @@ def command(
     fps: Annotated[Optional[float], typer.Option(help="Frames per second of the mp4 (default: the backbone's, 8).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU).")] = None,
+    init_video: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Video-to-video (SDEdit): start from this clip (file or folder; repeat for more), prompted by PROMPT or its NAME.txt caption.", show_default=False),
+    ] = None,
+    strength: Annotated[
+        Optional[float],
+        typer.Option(help="With --init-video: the fraction of the --steps schedule to run from the noised clip (1 = from pure noise; default 0.8).", show_default=False),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar over the steps.")] = True,
     recipe: Annotated[Optional[str], typer.Option(help="Recipe TOML (path or name in recipes/); its generate table fills the options not given.")] = None,
 ) -> None:
@@ -51,7 +59,7 @@ def command(
         prompt=prompt, backbone=backbone or default_backbone(), lora=lora, lora_scale=lora_scale, prior=prior, guidance_scale=guidance_scale,
         guidance_window=guidance_window, steps=steps, cfg=cfg, dynamic_cfg=dynamic_cfg, sampler=sampler, seed=seed,
         negative_prompt=negative_prompt, num_videos=num_videos, prompts_file=prompts_file, out=out, fps=fps,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, init_video=init_video, strength=strength,
     )
     options = resolve_options(ctx, "generate", values, recipe)
     summary = generate(**options, progress=progress)
@@ -62,7 +70,7 @@ def command(
         console.print(f"wrote {video.video}  (seed {video.seed}, {video.sampling_s:.2f} s{loss})", soft_wrap=True)
     if summary.videos:
         console.print(
-            f"{len(summary.videos)} video(s), {summary.backbone}, {summary.sampler} x {summary.steps} steps: "
+            f"{len(summary.videos)} video(s), {summary.backbone}, {summary.sampler} x {summary.steps_run} steps: "
             f"{summary.per_step_s:.3f} s/step; guidance overhead {summary.guidance_s:.2f} s of {summary.sampling_s:.2f} s "
             f"sampling ({100 * summary.guidance_fraction:.1f}%); load {summary.load_s:.1f} s, total {summary.total_s:.1f} s",
             soft_wrap=True,
@@ -70,5 +78,6 @@ def command(
     if summary.failures:
         for which, why in summary.failures:
             console.print(f"[red]failed[/] {which}: {why}", soft_wrap=True)
-        console.print(f"[red]{len(summary.failures)} prompt(s) failed[/]; the others were written")
+        what = "clip(s) skipped or failed" if init_video else "prompt(s) failed"
+        console.print(f"[red]{len(summary.failures)} {what}[/]; the others were written")
         raise typer.Exit(1)

@@ -6,6 +6,10 @@ For every video it writes, next to each other:
                               losses, timings, library versions
   NAME.latent.safetensors     the final SCALED latent [T, C, h, w] (key "latent"), so `lamo heatmap`
                               needs no re-encode
+
+With --init-video (video-to-video, SDEdit) each given clip is read as `lamo encode` reads it,
+encoded (posterior mean), noised to where the last --strength fraction of the schedule begins, and
+denoised from there; its prompt is PROMPT or else the clip's caption (`NAME.txt`, metadata file).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from lamo_cli.errors import LamoError
 from lamo_cli.versions import library_versions
 
+DEFAULT_STRENGTH = 0.8  # --init-video without --strength: CogVideoXVideoToVideoPipeline's default
 DEFAULT_PRIOR_DIR = "lamo-prior"  # used when --prior is not given and this folder exists
 NO_PRIOR = "none"  # `--prior none`: never guide, even if ./lamo-prior exists
 
@@ -43,7 +48,7 @@ class GeneratedVideo:
 class GenerateSummary:
     backbone: str
     sampler: str
-    steps: int
+    steps: int  # the schedule's length
     prior: Optional[str]
     prior_note: str
     lora: Optional[str]
@@ -52,6 +57,7 @@ class GenerateSummary:
     failures: list[tuple[str, str]] = dataclass_field(default_factory=list)  # (which prompt, why)
     load_s: float = 0.0
     total_s: float = 0.0
+    steps_run: int = 0  # steps each video ran: `steps`, or its last --strength fraction from an init video
 
     @property
     def sampling_s(self) -> float:
@@ -63,7 +69,7 @@ class GenerateSummary:
 
     @property
     def per_step_s(self) -> float:
-        return self.sampling_s / max(1, self.steps * len(self.videos))
+        return self.sampling_s / max(1, (self.steps_run or self.steps) * len(self.videos))
 
     @property
     def guidance_fraction(self) -> float:
@@ -75,6 +81,7 @@ class _Job:
     prompt: str
     index: int  # position in the prompt list (file names)
     label: str  # how failures name it
+    init_video: Optional[Path] = None  # video-to-video: the clip to start from
 
 
 # ==================================================================== prompts and output names
@@ -125,11 +132,13 @@ def batch_folder(out: str | Path) -> Path:
 
 
 def video_paths(out: str | Path, job: _Job, num_videos: int, batch: bool) -> list[Path]:
+    # from an init video the name says which clip it started from (captions repeat across clips)
+    slug = slugify(job.init_video.stem if job.init_video is not None else job.prompt)
     if batch:
-        stem = batch_folder(out) / f"{job.index:03d}-{slugify(job.prompt)}"
+        stem = batch_folder(out) / f"{job.index:03d}-{slug}"
     else:
         out = Path(out)
-        stem = out.with_suffix("") if out.suffix.lower() == ".mp4" else out / f"{job.index:03d}-{slugify(job.prompt)}"
+        stem = out.with_suffix("") if out.suffix.lower() == ".mp4" else out / f"{job.index:03d}-{slug}"
     if num_videos == 1:
         return [stem.with_name(stem.name + ".mp4")]
     return [stem.with_name(f"{stem.name}-{k}.mp4") for k in range(num_videos)]
@@ -138,6 +147,44 @@ def video_paths(out: str | Path, job: _Job, num_videos: int, batch: bool) -> lis
 def sidecar_paths(video: Path) -> tuple[Path, Path]:
     """`clip.mp4` -> (`clip.json`, `clip.latent.safetensors`)."""
     return video.with_suffix(".json"), video.with_suffix(".latent.safetensors")
+
+
+def init_video_jobs(init_video: list[str], prompt: Optional[str]) -> tuple[list[_Job], list[tuple[str, str]], bool]:
+    """One job per clip of --init-video (files or folders), prompted by PROMPT or the clip's caption.
+    Returns (jobs, skipped as (label, reason), batch: whether outputs go in a folder)."""
+    from lamo_cli.data.video import CaptionIndex, discover_videos
+
+    try:
+        videos, not_videos = discover_videos(init_video)
+    except LamoError as exc:
+        raise LamoError(str(exc).replace("VIDEOS:", "--init-video", 1)) from None
+    skipped = [(f"--init-video {path}", "not a video file (expected .mp4, .mov, ...)") for path in not_videos]
+    captions = CaptionIndex.build(init_video)
+    jobs: list[_Job] = []
+    for index, video in enumerate(videos):
+        text = prompt if prompt is not None else captions.lookup(video)
+        if text is None:
+            skipped.append((f"--init-video {video}", "no caption (NAME.txt or metadata.jsonl beside it): give PROMPT"))
+            continue
+        jobs.append(_Job(text, index, f"init video {video.name}", init_video=video))
+    batch = len(videos) + len(not_videos) > 1 or any(Path(item).is_dir() for item in init_video)
+    if not batch and skipped:
+        raise LamoError(f"{skipped[0][0]}: {skipped[0][1]}")
+    return jobs, skipped, batch
+
+
+def encode_init_video(model, path: Path) -> tuple[torch.Tensor, list[int]]:
+    """SCALED latents [1, T, C, h, w] of a clip read to the backbone's format, and its frame indices."""
+    from lamo_cli.data.video import VideoSkip, read_clip
+
+    fmt = model.video_format
+    try:
+        clip = read_clip(path, fmt.num_frames, fmt.height, fmt.width, fmt.fps)
+    except VideoSkip as exc:
+        raise LamoError(f"--init-video {path}: {exc}") from None
+    with torch.no_grad():
+        mean, _ = model.encode_video(clip.frames[None])
+    return mean * model.scaling_factor, list(clip.frame_indices)
 
 
 # ==================================================================== prior / LoRA
@@ -213,24 +260,34 @@ def generate(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     progress: bool = True,
+    init_video: Optional[list[str]] = None,
+    strength: Optional[float] = None,
 ) -> GenerateSummary:
     """Generate videos for PROMPT (or every prompt of --prompts-file); see the module docstring.
 
     sampler None uses the backbone's own scheduler (DDIM for 2B, DPM for 5B). Per-video seed is
     `seed + k` for the k-th video of a prompt. In a prompt batch a failing prompt is recorded in
-    `failures` and the rest continue; a single prompt raises.
+    `failures` and the rest continue; a single prompt raises. init_video: clips to start from
+    (video-to-video), each denoised over the last `strength` fraction of the schedule.
     """
     from lamo_cli.backbones import default_backbone, load_backbone
+    from lamo_cli.sampling import steps_to_run
 
-    _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out)
+    init_video = list(init_video or [])
+    strength = _check_init_options(init_video, strength, prompts_file, steps)
+    _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out,
+                   needs_prompt=not init_video)
     started = time.perf_counter()
-    batch = prompts_file is not None
     failures: list[tuple[str, str]] = []
-    if batch:
-        prompts, failures = read_prompts_file(prompts_file)
+    if init_video:
+        jobs, failures, batch = init_video_jobs(init_video, prompt)
     else:
-        prompts = [prompt]
-    jobs = [_Job(text, index, f"prompt {index:03d} {text[:40]!r}") for index, text in enumerate(prompts)]
+        batch = prompts_file is not None
+        if batch:
+            prompts, failures = read_prompts_file(prompts_file)
+        else:
+            prompts = [prompt]
+        jobs = [_Job(text, index, f"prompt {index:03d} {text[:40]!r}") for index, text in enumerate(prompts)]
 
     prior_path, prior_note = resolve_prior(prior, guidance_scale)
     backbone = backbone or default_backbone()
@@ -247,6 +304,7 @@ def generate(
         guidance_scale=guidance_scale, guidance_window=guidance_window, steps=steps, cfg=cfg, dynamic_cfg=dynamic_cfg,
         sampler=sampler, seed=seed, negative_prompt=negative_prompt, num_videos=num_videos, prompts_file=prompts_file,
         out=str(out), fps=fps, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+        init_video=init_video or None, strength=strength,
     )
     context = dict(
         backbone={"name": model.name, **model.describe(), "latent_fingerprint": fingerprint, "scaling_factor": model.scaling_factor},
@@ -258,7 +316,7 @@ def generate(
     summary = GenerateSummary(
         backbone=model.name, sampler=sampler, steps=steps, prior=None if prior_path is None else str(prior_path),
         prior_note=prior_note, lora=lora, guided=motion_field is not None, failures=failures,
-        load_s=time.perf_counter() - started,
+        load_s=time.perf_counter() - started, steps_run=steps_to_run(steps, strength) if init_video else steps,
     )
     negative_embedding = model.encode_text([negative_prompt])
     for job in jobs:
@@ -277,10 +335,29 @@ def generate(
     return summary
 
 
-def _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out) -> None:
+def _check_init_options(init_video: list[str], strength: Optional[float], prompts_file, steps: int) -> Optional[float]:
+    """The strength to use (None without --init-video); one-line errors for options that clash."""
+    from lamo_cli.sampling import steps_to_run
+
+    if not init_video:
+        if strength is not None:
+            raise LamoError(f"--strength {strength} applies to video-to-video only: add --init-video CLIP")
+        return None
+    if prompts_file is not None:
+        raise LamoError("give either --prompts-file or --init-video, not both (init clips take their captions from NAME.txt)")
+    strength = DEFAULT_STRENGTH if strength is None else float(strength)
+    if not (0.0 < strength <= 1.0):
+        raise LamoError(f"--strength {strength}: must be in (0, 1] (the fraction of the --steps schedule to run)")
+    if steps >= 1 and steps_to_run(steps, strength) < 1:
+        raise LamoError(f"--strength {strength} with --steps {steps} runs no step; raise --strength or --steps")
+    return strength
+
+
+def _check_options(prompt, prompts_file, steps, guidance_scale, guidance_window, cfg, num_videos, fps, sampler, out,
+                   needs_prompt: bool = True) -> None:
     if prompt is not None and prompts_file is not None:
         raise LamoError("give either PROMPT or --prompts-file, not both")
-    if prompt is None and prompts_file is None:
+    if prompt is None and prompts_file is None and needs_prompt:
         raise LamoError("no prompt: give PROMPT or --prompts-file FILE")
     if prompt is not None and not prompt.strip():
         raise LamoError("PROMPT is empty; write what the video should show")
@@ -313,16 +390,23 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
     from lamo_cli.data.mp4 import write_mp4
     from lamo_cli.fileio import save_safetensors, write_json
     from lamo_cli.motion.field import pool_text
-    from lamo_cli.sampling import sample
+    from lamo_cli.sampling import sample, steps_to_run
 
     tick = time.perf_counter()
     positive = model.encode_text([job.prompt])
     field_text = pool_text(positive)  # the POSITIVE prompt conditions the field, never the negative
     text_s = time.perf_counter() - tick
+    init_latents, init_record = None, None
+    if job.init_video is not None:
+        tick = time.perf_counter()
+        init_latents, frame_indices = encode_init_video(model, job.init_video)
+        init_record = {"path": str(job.init_video), "strength": settings["strength"], "frame_indices": frame_indices,
+                       "encode_s": time.perf_counter() - tick}
+    steps_run = settings["steps"] if init_latents is None else steps_to_run(settings["steps"], settings["strength"])
     made = []
     for k, video_path in enumerate(paths):
         seed = int(settings["seed"]) + k
-        with _StepProgress(settings["steps"], f"{video_path.name} (seed {seed})", enabled=progress) as bar:
+        with _StepProgress(steps_run, f"{video_path.name} (seed {seed})", enabled=progress) as bar:
             latents, info = sample(
                 model,
                 positive,
@@ -337,6 +421,8 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
                 guidance_scale=settings["guidance_scale"],
                 guidance_window=settings["guidance_window"],
                 callback=bar.advance,
+                init_latents=init_latents,
+                strength=settings["strength"] or 1.0,
             )
         if not torch.isfinite(latents).all():
             raise LamoError(
@@ -367,6 +453,7 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
             "seed": seed,
             "video_index": k,
             "settings": settings,
+            "init_video": None if init_record is None else {**init_record, "first_step": info["first_step"]},
             **{key: context[key] for key in ("backbone", "lora", "prior")},
             "guidance": {
                 "enabled": bool(info["guided"]),
@@ -376,7 +463,8 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
                 "first_guided_step": info["first_guided_step"],
                 "per_step": [
                     {"step": i, "timestep": t, "cfg_scale": c, "guide_loss": _json_float(g), "grad_norm": _json_float(n)}
-                    for i, (t, c, g, n) in enumerate(zip(info["timesteps"], info["cfg_scales"], info["guide_loss"], info["grad_norm"]))
+                    for i, (t, c, g, n) in enumerate(zip(info["timesteps"], info["cfg_scales"], info["guide_loss"], info["grad_norm"]),
+                                                     start=info["first_step"])
                 ],
                 "final_guide_loss": _json_float(info.get("final_guide_loss")),
             },
