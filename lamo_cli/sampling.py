@@ -19,7 +19,8 @@ from lamo_cli.motion.guidance import first_guided_step, guidance_loss, guide_v, 
 
 SAMPLERS = ("ddim", "dpm")
 
-# callback(step_index, timestep, latents, step_info) after every scheduler step.
+# callback(step_index, timestep, latents, step_info) after every scheduler step; step_index counts
+# in the full schedule (video-to-video starts at info["first_step"]).
 StepCallback = Callable[[int, int, torch.Tensor, dict], None]
 
 
