@@ -137,10 +137,8 @@ def sample(
     else:
         if init_latents.shape != latents.shape:
             raise ValueError(f"init_latents {tuple(init_latents.shape)} must be {tuple(latents.shape)}")
-        abar = alphas_cumprod[int(timesteps[0])].double()  # q(x_t | x_0) at the first step run
-        noise = latents.to(device=device, dtype=torch.float64)
-        clean = init_latents.to(device=device, dtype=torch.float64)
-        latents = (abar.sqrt() * clean + (1 - abar).sqrt() * noise).float()
+        noise = latents.to(device=device, dtype=torch.float32)  # q(x_t | x_0) at the first step run
+        latents = scheduler.add_noise(init_latents.to(device=device, dtype=torch.float32), noise, timesteps[:1])
 
     text = torch.cat([text_uncond, text_cond]) if do_cfg else text_cond
     text = text.to(device=device, dtype=model_dtype)

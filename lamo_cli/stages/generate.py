@@ -323,7 +323,7 @@ def generate(
         paths = video_paths(out, job, num_videos, batch)
         try:
             summary.videos.extend(
-                _generate_prompt(model, job, paths, negative_embedding, motion_field, settings, context, progress)
+                _generate_prompt(model, job, paths, negative_embedding, motion_field, settings, context, progress, summary.steps_run)
             )
         except Exception as exc:  # noqa: BLE001 - in a batch one bad prompt must not stop the rest
             if not batch:
@@ -386,11 +386,12 @@ def _say(message: str) -> None:
     Console(highlight=False).print(message, soft_wrap=True)
 
 
-def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, motion_field, settings, context, progress):
+def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, motion_field, settings, context, progress,
+                     steps_run: int):
     from lamo_cli.data.mp4 import write_mp4
     from lamo_cli.fileio import save_safetensors, write_json
     from lamo_cli.motion.field import pool_text
-    from lamo_cli.sampling import sample, steps_to_run
+    from lamo_cli.sampling import sample
 
     tick = time.perf_counter()
     positive = model.encode_text([job.prompt])
@@ -402,7 +403,6 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
         init_latents, frame_indices = encode_init_video(model, job.init_video)
         init_record = {"path": str(job.init_video), "strength": settings["strength"], "frame_indices": frame_indices,
                        "encode_s": time.perf_counter() - tick}
-    steps_run = settings["steps"] if init_latents is None else steps_to_run(settings["steps"], settings["strength"])
     made = []
     for k, video_path in enumerate(paths):
         seed = int(settings["seed"]) + k
