@@ -143,8 +143,10 @@ def test_a_one_clip_batch_is_doubled_only_for_a_small_vae_on_a_multithreaded_cpu
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert tiny._onednn_batch(one).shape[0] == 2
     assert tiny._onednn_batch(torch.zeros(3, *one.shape[1:])).shape[0] == 3  # a real batch is left alone
+    assert tiny.clips_per_vae_call() == 2
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert tiny._onednn_batch(one).shape[0] == 1  # one thread: nothing to gain
+    assert tiny.clips_per_vae_call() == 1
 
 
 def test_the_doubled_batch_gives_the_same_clip(tiny):

@@ -185,6 +185,48 @@ def test_prompts_file_jsonl_bad_line_is_reported_and_batch_continues(tmp_path):
     assert names == ["000-a-pendulum-swings.mp4"]
 
 
+def test_videos_decoded_in_pairs_match_one_by_one_and_a_failed_prompt_loses_none(tmp_path, monkeypatch, tiny):
+    import decord
+
+    import lamo_cli.sampling
+    from lamo_cli.backbones.cogvideox import CogVideoXBackbone
+    from lamo_cli.data.mp4 import write_mp4
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball falls\ntwo cubes collide\na pendulum swings\n")
+    names = ["000-a-red-ball-falls", "001-two-cubes-collide", "002-a-pendulum-swings"]
+    args = ["generate", "--prompts-file", str(prompts), "--steps", "2", "--no-progress"]
+    monkeypatch.setattr(CogVideoXBackbone, "clips_per_vae_call", lambda self: 1)
+    assert _run(args + ["--out", str(tmp_path / "single")]).exit_code == 0
+
+    # Pairs, and the second prompt's sampling fails: the first waits for the third and both are written.
+    real_sample, calls = lamo_cli.sampling.sample, []
+
+    def sample_failing_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected sampling failure")
+        return real_sample(*a, **k)
+
+    monkeypatch.setattr(CogVideoXBackbone, "clips_per_vae_call", lambda self: 2)
+    monkeypatch.setattr(lamo_cli.sampling, "sample", sample_failing_second)
+    result = _run(args + ["--out", str(tmp_path / "pairs")])
+    assert result.exit_code == 1, result.output
+    assert "001 'two cubes collide'" in result.output and "injected sampling failure" in result.output
+    assert sorted(p.stem for p in (tmp_path / "pairs").glob("*.mp4")) == [names[0], names[2]]
+    for name in (names[0], names[2]):
+        one, pair = tmp_path / "single" / name, tmp_path / "pairs" / name
+        latent = _latent(pair.with_suffix(".latent.safetensors"))[0]
+        torch.testing.assert_close(latent, _latent(one.with_suffix(".latent.safetensors"))[0], atol=0, rtol=0)
+        # Decoded beside another clip, each clip is what decoding it alone gives (bit for bit).
+        write_mp4(tmp_path / "alone.mp4", tiny.decode_latents(latent[None])[0], fps=8.0)
+        frames = [decord.VideoReader(str(p)).get_batch(list(range(17))).asnumpy() for p in (tmp_path / "alone.mp4", pair.with_suffix(".mp4"))]
+        assert np.array_equal(*frames)
+        timing = json.loads(pair.with_suffix(".json").read_text())["timing"]
+        assert timing["clips_decoded_together"] == 2
+    assert json.loads((tmp_path / "single" / f"{names[1]}.json").read_text())["timing"]["clips_decoded_together"] == 1
+
+
 def test_recipe_fills_options_command_line_wins_and_dpm(tmp_path, tiny):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[generate]\nseed = 7\ncfg = 3.0\nnegative_prompt = "blurry"\n')

@@ -179,10 +179,18 @@ class CogVideoXBackbone:
     def _onednn_batch(self, x: torch.Tensor) -> torch.Tensor:
         """A one-clip batch, doubled when `small_vae_runs_one_clip_on_one_thread` (the caller keeps
         the first sample): decoding tiny's clip twice that way is ~1.5x faster than once."""
-        if (x.shape[0] == 1 and self.device.type == "cpu" and torch.get_num_threads() > 1
-                and small_vae_runs_one_clip_on_one_thread(self.vae.config.block_out_channels, self.video_format.height)):
+        if x.shape[0] == 1 and self.clips_per_vae_call() > 1:
             return x.expand(2, *x.shape[1:])
         return x
+
+    def clips_per_vae_call(self) -> int:
+        """How many clips callers should hand the VAE at once: 2 where a one-clip batch would run
+        single-threaded (two clips then cost about what one does), else 1 (a full-size VAE's memory
+        is better spent on one clip)."""
+        if (self.device.type == "cpu" and torch.get_num_threads() > 1
+                and small_vae_runs_one_clip_on_one_thread(self.vae.config.block_out_channels, self.video_format.height)):
+            return 2
+        return 1
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

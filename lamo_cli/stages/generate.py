@@ -319,18 +319,37 @@ def generate(
         load_s=time.perf_counter() - started, steps_run=steps_to_run(steps, strength) if init_video else steps,
     )
     negative_embedding = model.encode_text([negative_prompt])
+
+    def failed(label: str, exc: Exception) -> None:
+        if not batch:
+            raise exc
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        summary.failures.append((label, f"{type(exc).__name__}: {message}"[:300]))
+        _say(f"[red]failed[/] {label}: {summary.failures[-1][1]}")
+
+    # Sampled videos wait here to be decoded together, as many as the VAE takes at once.
+    pending: list[_SampledVideo] = []
+    per_vae_call = model.clips_per_vae_call()
+
+    def write_pending() -> None:
+        try:
+            summary.videos.extend(_write_videos(model, pending, settings, context))
+        except Exception as exc:  # noqa: BLE001 - in a batch one bad prompt must not stop the rest
+            for label in dict.fromkeys(video.job.label for video in pending):
+                failed(label, exc)
+        pending.clear()
+
     for job in jobs:
         paths = video_paths(out, job, num_videos, batch)
         try:
-            summary.videos.extend(
-                _generate_prompt(model, job, paths, negative_embedding, motion_field, settings, context, progress, summary.steps_run)
-            )
+            for video in _sample_prompt(model, job, paths, negative_embedding, motion_field, settings, progress, summary.steps_run):
+                pending.append(video)
+                if len(pending) == per_vae_call:
+                    write_pending()
         except Exception as exc:  # noqa: BLE001 - in a batch one bad prompt must not stop the rest
-            if not batch:
-                raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            summary.failures.append((job.label, f"{type(exc).__name__}: {message}"[:300]))
-            _say(f"[red]failed[/] {job.label}: {summary.failures[-1][1]}")
+            failed(job.label, exc)
+    if pending:
+        write_pending()
     summary.total_s = time.perf_counter() - started
     return summary
 
@@ -386,10 +405,21 @@ def _say(message: str) -> None:
     Console(highlight=False).print(message, soft_wrap=True)
 
 
-def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, motion_field, settings, context, progress,
-                     steps_run: int):
-    from lamo_cli.data.mp4 import write_mp4
-    from lamo_cli.fileio import save_safetensors, write_json
+@dataclass
+class _SampledVideo:
+    """A video sampled and not yet decoded: what writing it needs."""
+    job: _Job
+    path: Path
+    seed: int
+    index: int  # k-th video of its prompt
+    latents: torch.Tensor  # [1, T, C, h, w] scaled
+    info: dict[str, Any]
+    text_s: float
+    init_record: Optional[dict[str, Any]]
+
+
+def _sample_prompt(model, job: _Job, paths: list[Path], negative_embedding, motion_field, settings, progress, steps_run: int):
+    """Sample the videos of one prompt (yielded one by one, so those done survive a later failure)."""
     from lamo_cli.motion.field import pool_text
     from lamo_cli.sampling import sample
 
@@ -403,7 +433,6 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
         init_latents, frame_indices = encode_init_video(model, job.init_video)
         init_record = {"path": str(job.init_video), "strength": settings["strength"], "frame_indices": frame_indices,
                        "encode_s": time.perf_counter() - tick}
-    made = []
     for k, video_path in enumerate(paths):
         seed = int(settings["seed"]) + k
         with _StepProgress(steps_run, f"{video_path.name} (seed {seed})", enabled=progress) as bar:
@@ -428,14 +457,25 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
             raise LamoError(
                 f"{job.label}: sampling produced NaN/inf latents (fp16 does this on CogVideoX-5B: use --dtype bf16 or fp32)"
             )
-        tick = time.perf_counter()
-        frames = model.decode_latents(latents)[0]
-        decode_s = time.perf_counter() - tick
+        yield _SampledVideo(job, video_path, seed, k, latents, info, text_s, init_record)
+
+
+def _write_videos(model, videos: list[_SampledVideo], settings, context) -> list[GeneratedVideo]:
+    """Decode `videos` in one VAE call, then write each one's mp4, latent and sidecar."""
+    from lamo_cli.data.mp4 import write_mp4
+    from lamo_cli.fileio import save_safetensors, write_json
+
+    tick = time.perf_counter()
+    decoded = model.decode_latents(torch.cat([video.latents for video in videos]))
+    decode_s = (time.perf_counter() - tick) / len(videos)  # each video's share of the call
+    made = []
+    for video, frames in zip(videos, decoded):
+        job, info, video_path = video.job, video.info, video.path
         sidecar, latent_path = sidecar_paths(video_path)
         write_mp4(video_path, frames, fps=settings["fps"])
         save_safetensors(
             latent_path,
-            {"latent": latents[0].float().cpu()},
+            {"latent": video.latents[0].float().cpu()},
             metadata={
                 "scaling_factor": repr(model.scaling_factor),
                 "scaled": "true",
@@ -446,14 +486,14 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
             },
         )
         timing = dict(info["timing"])
-        timing.update(encode_text_s=text_s, decode_s=decode_s)
+        timing.update(encode_text_s=video.text_s, decode_s=decode_s, clips_decoded_together=len(videos))
         record = {
             "prompt": job.prompt,
             "negative_prompt": settings["negative_prompt"],
-            "seed": seed,
-            "video_index": k,
+            "seed": video.seed,
+            "video_index": video.index,
             "settings": settings,
-            "init_video": None if init_record is None else {**init_record, "first_step": info["first_step"]},
+            "init_video": None if video.init_record is None else {**video.init_record, "first_step": info["first_step"]},
             **{key: context[key] for key in ("backbone", "lora", "prior")},
             "guidance": {
                 "enabled": bool(info["guided"]),
@@ -475,7 +515,7 @@ def _generate_prompt(model, job: _Job, paths: list[Path], negative_embedding, mo
         write_json(sidecar, record)
         made.append(
             GeneratedVideo(
-                prompt=job.prompt, seed=seed, video=video_path, sidecar=sidecar, latent=latent_path,
+                prompt=job.prompt, seed=video.seed, video=video_path, sidecar=sidecar, latent=latent_path,
                 sampling_s=timing["total_s"], guidance_s=timing["guidance_s"],
                 final_guide_loss=_json_float(info.get("final_guide_loss")),
             )
