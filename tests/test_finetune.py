@@ -256,6 +256,34 @@ def test_logit_normal_timesteps_reach_the_loss_and_are_kept_on_resume(cache, tmp
             _train(cache, tmp_path / "bad", **bad)
 
 
+def test_moving_weight_reaches_the_diffusion_term_and_is_kept_on_resume(cache, tmp_path, monkeypatch):
+    """--moving-weight hands the loss `moving_cell_weights` of the batch's clean latents (none when 0),
+    is recorded, and --resume refuses another value."""
+    from lamo_cli.motion.drift import moving_cell_weights
+
+    seen = []
+    real = finetune_module.lamo_objective
+
+    def spy(x0_hat, x0, *args, cell_weight=None, **kwargs):
+        seen.append((x0.detach().clone(), None if cell_weight is None else cell_weight.clone()))
+        return real(x0_hat, x0, *args, cell_weight=cell_weight, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "lamo_objective", spy)
+    _train(cache, tmp_path / "plain", steps=1, save_every=1)
+    assert seen and seen[-1][1] is None
+    run = tmp_path / "moving"
+    _train(cache, run, steps=2, save_every=1, moving_weight=4.0, moving_threshold=0.5)
+    x0, weights = seen[-1]
+    assert torch.allclose(weights, moving_cell_weights(x0, 4.0, 0.5))
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert (settings["moving_weight"], settings["moving_threshold"]) == (4.0, 0.5)
+    with pytest.raises(LamoError, match="moving_weight"):
+        _train(cache, run, steps=3, save_every=1, resume=True, moving_weight=2.0, moving_threshold=0.5)
+    for bad, match in ((dict(moving_weight=-1.0), "--moving-weight"), (dict(moving_threshold=0.0), "--moving-threshold")):
+        with pytest.raises(LamoError, match=match):
+            _train(cache, tmp_path / "bad", **bad)
+
+
 # ---------------------------------------------------------------- failures through the CLI
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch):
     real = finetune_module.lamo_objective

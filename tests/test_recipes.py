@@ -176,5 +176,11 @@ def test_heldout_loss_script_compares_models_on_the_same_noise(tmp_path):
     assert [r["clips"] for r in rows] == [2, 2] and list(rows[0]["val_loss_by_t"]) == ["100", "600"]
     assert rows[0]["val_loss"] == rows[1]["val_loss"] > 0  # fixed noise: the same model gives the same number
     assert rows[0]["val_loss"] == pytest.approx(sum(rows[0]["val_loss_by_t"].values()) / 2)
+    # split by cell: with a threshold no cell reaches, every cell is "still" and the split is the whole loss
+    assert module.main([str(cache), "tiny-random", "--timesteps", "600,100", "--moving-threshold", "1e9", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["models"][0]
+    for t, value in row["val_loss_by_t"].items():
+        assert row["by_region"]["still"][t] == pytest.approx(value, rel=1e-5)
+    assert module.main([str(cache), "tiny-random", "--moving-threshold", "0"]) == 2
     assert module.main([str(cache), "tiny-random", "--timesteps", "1000"]) == 2
     assert module.main([str(tmp_path / "absent"), "tiny-random"]) == 2

@@ -32,6 +32,8 @@ def command(
     timestep_sampling: Annotated[str, typer.Option(help="Training timesteps: uniform (CogVideoX's own), or logit-normal (SD3: more steps at middle noise levels).")] = "uniform",
     logit_mean: Annotated[float, typer.Option(help="Mean of the logit-normal timestep density (negative: toward less noise).")] = 0.0,
     logit_std: Annotated[float, typer.Option(help="Spread of the logit-normal timestep density.")] = 1.0,
+    moving_weight: Annotated[float, typer.Option(help="Weigh the diffusion loss of latent cells that move (deviate from the clip's temporal median) up to 1 + this, renormalised to mean 1 per clip: for small movers on still backgrounds. 0 = uniform, as in the paper.")] = 0.0,
+    moving_threshold: Annotated[float, typer.Option(help="Latent deviation (channel norm, scaled latents) at which a cell counts as fully moving for --moving-weight.")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Clips per process per micro-step.")] = 1,
     grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimizer step.")] = 1,
     tau: Annotated[int, typer.Option(help="Frame lag of the macro drift (paper: 2).")] = 2,
@@ -69,8 +71,8 @@ def command(
         grad_accum=grad_accum, tau=tau, weight_kind=weight_kind, gradient_checkpointing=gradient_checkpointing,
         mixed_precision=mixed_precision, save_every=save_every, resume=resume, seed=seed, caption_dropout=caption_dropout,
         lr_schedule=lr_schedule, ema_decay=ema_decay, timestep_sampling=timestep_sampling, logit_mean=logit_mean,
-        logit_std=logit_std, max_minutes=max_minutes, val_cache=val_cache, val_clips=val_clips, val_every=val_every,
-        val_timesteps=val_timesteps,
+        logit_std=logit_std, moving_weight=moving_weight, moving_threshold=moving_threshold, max_minutes=max_minutes,
+        val_cache=val_cache, val_clips=val_clips, val_every=val_every, val_timesteps=val_timesteps,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
     summary = finetune(**options, progress=progress)

@@ -7,6 +7,8 @@ from lamo_cli.motion.drift import (
     lagged_difference,
     lamo_objective,
     macro_drift,
+    moving_cell_weights,
+    moving_cells,
     noise_weight,
     x0_from_v,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "macro_drift",
     "minmax_normalise",
     "most_moving_pair",
+    "moving_cell_weights",
+    "moving_cells",
     "noise_augment",
     "noise_weight",
     "pearson_r",

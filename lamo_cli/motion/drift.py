@@ -167,20 +167,57 @@ def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, abar_t: ScalarOrTensor) -> tor
     return sqrt_abar * x_t - sqrt_one_minus_abar * v
 
 
-def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, abar_t: ScalarOrTensor) -> torch.Tensor:
+def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, abar_t: ScalarOrTensor,
+                   cell_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CogVideoX training loss `mean((x0_hat - x0)^2 / (1 - abar_t))` (equals the v-MSE).
 
     The per-sample denominator `1 - abar_t` is clamped at 1e-6: at the terminal step abar=0 gives
     1 (fine); a table with abar -> 1 at t=0 (set_alpha_to_one-style) would otherwise divide by zero.
     CogVideoX-2B's smallest value is 1 - abar[0] ~ 2.5e-3, so the clamp never bites there.
-    Computed in (at least) float32.
+    `cell_weight` (optional, broadcastable to x0, e.g. `moving_cell_weights`) multiplies each
+    squared error before the mean. Computed in (at least) float32.
     """
     if x0_hat.shape != x0.shape:
         raise ValueError(f"x0_hat {tuple(x0_hat.shape)} and x0 {tuple(x0.shape)} must have the same shape")
     dtype = _compute_dtype(x0_hat, x0)
     abar = _per_sample(abar_t, x0_hat, torch.float64)
     weight = (1.0 / (1.0 - abar).clamp_min(_MIN_DIFFUSION_DENOMINATOR)).to(dtype)
-    return ((x0_hat.to(dtype) - x0.detach().to(dtype)).pow(2) * weight).mean()
+    squared = (x0_hat.to(dtype) - x0.detach().to(dtype)).pow(2) * weight
+    if cell_weight is not None:
+        squared = squared * cell_weight.detach().to(dtype)
+    return squared.mean()
+
+
+def moving_cells(x0: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Soft mask of the latent cells where something moves: `[B, T, C, H, W] -> [B, T, 1, H, W]` in [0, 1].
+
+    A cell's deviation is the channel norm of `x0 - median over T of x0` at that position: the
+    temporal median is the static background wherever an object passes through in fewer than half
+    the frames. The mask is `min(1, deviation / threshold)`, so cells at or above `threshold` count
+    fully and faint ones partly.
+    """
+    if x0.dim() != 5:
+        raise ValueError(f"expected latent videos [B, T, C, H, W], got shape {tuple(x0.shape)}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold!r}")
+    z = _at_least_float32(x0.detach())
+    background = z.median(dim=1, keepdim=True).values
+    deviation = (z - background).norm(dim=2, keepdim=True)
+    return (deviation / threshold).clamp(max=1.0)
+
+
+def moving_cell_weights(x0: torch.Tensor, boost: float, threshold: float) -> torch.Tensor:
+    """Per-cell weights `1 + boost * moving_cells(x0)`, rescaled to mean 1 in every clip.
+
+    Where a small object moves over a still background (the physics world, static-camera footage),
+    it covers a few percent of the cells yet carries most of the diffusion error; the weights spend
+    more of the loss there without changing the loss's overall scale (so the learning rate keeps
+    its meaning). A clip with nothing moving gets weight 1 everywhere. `[B, T, 1, H, W]`, no graph.
+    """
+    if not boost >= 0:
+        raise ValueError(f"boost must be >= 0, got {boost!r}")
+    weights = 1.0 + boost * moving_cells(x0, threshold)
+    return weights / weights.mean(dim=(1, 2, 3, 4), keepdim=True)
 
 
 def lamo_objective(
@@ -192,13 +229,15 @@ def lamo_objective(
     tau: int = 2,
     weight_kind: str = "release",
     alphas_cumprod: Optional[torch.Tensor] = None,
+    cell_weight: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`L = L_diff + drift_weight * w * L_drift` and its terms as python floats.
 
     metrics: "loss", "diffusion", "drift", "drift_weight_w" (the noise weight w). With
     `drift_weight == 0` the drift is not computed (plain fine-tune baseline) and "drift" is nan.
+    `cell_weight` reweights the diffusion term only (`diffusion_loss`); the drift is unchanged.
     """
-    diffusion = diffusion_loss(x0_hat, x0, abar_t)
+    diffusion = diffusion_loss(x0_hat, x0, abar_t, cell_weight)
     w = noise_weight(timesteps, weight_kind, alphas_cumprod).to(device=diffusion.device, dtype=diffusion.dtype)
     if drift_weight == 0:
         loss = diffusion

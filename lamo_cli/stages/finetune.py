@@ -5,6 +5,8 @@ Per micro-batch: t ~ U{0..999} (or logit-normal: --timestep-sampling), eps ~ N(0
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
 v_hat = transformer(x_t, t, text), x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat and
 L = L_diff + drift_weight * w(t) * L_drift (drift_weight 0: the plain fine-tune, drift never computed).
+With --moving-weight B > 0, L_diff weights each latent cell by 1 + B * (how much it moves), normalised
+to mean 1 per clip (`moving_cell_weights`; not in the paper, off by default).
 
 Runs on one process or under DDP (`torchrun` / `accelerate launch`; gloo on CPU). The data order is
 a seeded permutation per epoch over the cache, each global batch split by rank; a checkpoint stores
@@ -37,7 +39,7 @@ import torch
 from lamo_cli.errors import LamoError
 from lamo_cli.versions import library_versions
 from lamo_cli.fileio import save_safetensors, write_json
-from lamo_cli.motion.drift import diffusion_loss, lamo_objective, x0_from_v
+from lamo_cli.motion.drift import diffusion_loss, lamo_objective, moving_cell_weights, x0_from_v
 from lamo_cli.training import (
     EpochStream,
     LRSchedule,
@@ -80,6 +82,7 @@ RESUME_KEYS = (
     "drift_weight", "lora_rank", "lora_alpha", "lora_targets", "full", "lr", "warmup", "tau", "weight_kind",
     "seed", "caption_dropout", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "effective_batch_size",
     "latent_fingerprint", "lr_schedule", "ema_decay", "timestep_sampling", "logit_mean", "logit_std",
+    "moving_weight", "moving_threshold",
 )
 EMA_FILE = "ema.safetensors"  # in a checkpoint folder: the moving average of the trainable weights
 
@@ -183,6 +186,8 @@ _SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "timestep_sampling": (lambda v: v in TIMESTEP_SAMPLINGS, f"use {' or '.join(TIMESTEP_SAMPLINGS)}"),
     "logit_mean": (math.isfinite, "must be a finite number"),
     "logit_std": (lambda v: v > 0 and math.isfinite(v), "must be positive"),
+    "moving_weight": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 = every latent cell weighs the same, as in the paper)"),
+    "moving_threshold": (lambda v: v > 0 and math.isfinite(v), "must be positive (a latent deviation, in scaled-latent units)"),
     "mixed_precision": (lambda v: v in MIXED_PRECISIONS, f"use {', '.join(MIXED_PRECISIONS)}"),
     "max_minutes": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 = no time limit)"),
     "val_clips": (lambda v: v >= 1, "must be at least 1"),
@@ -358,6 +363,8 @@ def finetune(
     timestep_sampling: str = "uniform",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    moving_weight: float = 0.0,
+    moving_threshold: float = 1.0,
     max_minutes: float = 0.0,
     val_cache: str | os.PathLike | None = None,
     val_clips: int = 16,
@@ -371,6 +378,7 @@ def finetune(
                       save_every=save_every, drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank,
                       lora_alpha=lora_alpha, caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
                       timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std,
+                      moving_weight=moving_weight, moving_threshold=moving_threshold,
                       mixed_precision=mixed_precision, max_minutes=max_minutes, val_clips=val_clips, val_every=val_every)
     parse_val_timesteps(val_timesteps)  # a bad list fails before any work (checked again against the scheduler)
     targets = parse_targets(lora_targets)
@@ -593,8 +601,9 @@ def finetune(
                     with autocast():
                         v_hat = bb.predict_v(x_t.to(input_dtype), t, text.to(input_dtype), transformer=model)
                     x0_hat = x0_from_v(x_t, v_hat.float(), abar)
+                    cell_weight = moving_cell_weights(x0, moving_weight, moving_threshold) if moving_weight > 0 else None
                     loss, terms = lamo_objective(x0_hat, x0, abar, t, drift_weight=drift_weight, tau=tau,
-                                                 weight_kind=weight_kind, alphas_cumprod=alphas)
+                                                 weight_kind=weight_kind, alphas_cumprod=alphas, cell_weight=cell_weight)
                     reduced = accelerator.reduce(torch.tensor([terms["loss"], terms["diffusion"], terms["drift"], terms["drift_weight_w"]],
                                                               device=device, dtype=torch.float64), reduction="mean")
                     values = dict(zip(sums, reduced.tolist()))

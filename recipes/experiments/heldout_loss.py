@@ -2,12 +2,14 @@
 logs during a run, for model folders (or backbone names) after the fact.
 
     python recipes/experiments/heldout_loss.py CACHE MODEL [MODEL ...] [--clips 16] \
-        [--timesteps 100,300,500,700,900] [--batch-size 8] [--out heldout.json]
+        [--timesteps 100,300,500,700,900] [--batch-size 8] [--moving-threshold 1.0] [--out heldout.json]
 
 CACHE: a latent cache of held-out clips encoded by the models' backbone (`lamo encode`); every
 MODEL must share its latent space (e.g. checkpoints of one run exported into copies of one model
 folder). The noise is fixed by the clip and the timestep, so the numbers compare across models
-and with the `val_loss` of a run's metrics.jsonl on the same cache and clips. Exit 2 on bad input.
+and with the `val_loss` of a run's metrics.jsonl on the same cache and clips. With
+--moving-threshold, the same loss is also split into the latent cells that move and the rest
+(`moving_cells`, the mask `lamo finetune --moving-weight` weighs by). Exit 2 on bad input.
 """
 
 from __future__ import annotations
@@ -15,9 +17,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from lamo_cli.errors import LamoError
 from lamo_cli.fileio import write_json
-from lamo_cli.stages.finetune import DEFAULT_VAL_TIMESTEPS, heldout_loss, heldout_values, load_heldout_set, parse_val_timesteps
+from lamo_cli.motion.drift import moving_cells, x0_from_v
+from lamo_cli.stages.finetune import (DEFAULT_VAL_TIMESTEPS, HeldOutSet, add_noise, heldout_loss, heldout_values, load_heldout_set,
+                                      parse_val_timesteps)
+
+
+def loss_by_region(predict_v, held: HeldOutSet, alphas_cumprod: torch.Tensor, threshold: float) -> dict[str, dict[str, float]]:
+    """{"moving": {t: v-MSE}, "still": {t: v-MSE}}: the training loss's mean over the moving cells
+    (soft mask, each cell's channels together) and over the rest, pooled over the held-out clips."""
+    sums = {region: {t: [0.0, 0.0] for t in held.timesteps} for region in ("moving", "still")}
+    with torch.no_grad():
+        for clip in range(len(held.x0)):
+            x0 = held.x0[clip:clip + 1]
+            mask = moving_cells(x0, threshold)
+            for step in held.timesteps:
+                abar = alphas_cumprod[torch.tensor([step])]
+                x_t = add_noise(x0, held.noise(clip, step).unsqueeze(0), abar)
+                x0_hat = x0_from_v(x_t, predict_v(x_t, torch.tensor([step]), held.text[clip:clip + 1]).float(), abar)
+                squared = ((x0_hat - x0) ** 2 / (1.0 - abar)).mean(dim=2, keepdim=True)
+                for region, weight in (("moving", mask), ("still", 1.0 - mask)):
+                    sums[region][step][0] += float((squared * weight).sum())
+                    sums[region][step][1] += float(weight.sum())
+    return {region: {str(t): total / max(count, 1e-12) for t, (total, count) in by_t.items()} for region, by_t in sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--timesteps", default=DEFAULT_VAL_TIMESTEPS)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--moving-threshold", type=float, default=None,
+                        help="also split the loss into moving and still latent cells (deviation threshold)")
     parser.add_argument("--out", default=None, help="also write the table as JSON here")
     args = parser.parse_args(argv)
 
@@ -35,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.clips < 1:
             raise LamoError(f"--clips {args.clips}: must be at least 1")
+        if args.moving_threshold is not None and not args.moving_threshold > 0:
+            raise LamoError(f"--moving-threshold {args.moving_threshold}: must be positive")
         timesteps = parse_val_timesteps(args.timesteps)
         rows = []
         for model in args.models:
@@ -45,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": model, "clips": len(held.x0), **heldout_values(totals, timesteps)})
             by_t = "  ".join(f"t={t} {v:.5f}" for t, v in rows[-1]["val_loss_by_t"].items())
             print(f"{model}: {rows[-1]['val_loss']:.5f}  ({by_t})", flush=True)
+            if args.moving_threshold is not None:
+                regions = loss_by_region(lambda x, t, c: backbone.predict_v(x, t, c), held, backbone.alphas_cumprod(),
+                                         args.moving_threshold)
+                rows[-1]["by_region"] = regions
+                for region, values in regions.items():
+                    print(f"  {region:6s} " + "  ".join(f"t={t} {v:.5f}" for t, v in values.items()), flush=True)
     except LamoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
