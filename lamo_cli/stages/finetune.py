@@ -595,13 +595,14 @@ def finetune(
                 x0, text, eps, t = x0.to(device), text.to(device), eps.to(device), t.to(device)
                 abar = alphas_dev[t]
                 x_t = add_noise(x0, eps, abar)
+                # a function of the clean batch alone: part of the data, not of the model's step
+                cell_weight = moving_cell_weights(x0, moving_weight, moving_threshold) if moving_weight > 0 else None
             sync = micro == grad_accum - 1
             with timer.phase("forward"):
                 with (contextlib.nullcontext() if sync or world_size == 1 else accelerator.no_sync(model)):
                     with autocast():
                         v_hat = bb.predict_v(x_t.to(input_dtype), t, text.to(input_dtype), transformer=model)
                     x0_hat = x0_from_v(x_t, v_hat.float(), abar)
-                    cell_weight = moving_cell_weights(x0, moving_weight, moving_threshold) if moving_weight > 0 else None
                     loss, terms = lamo_objective(x0_hat, x0, abar, t, drift_weight=drift_weight, tau=tau,
                                                  weight_kind=weight_kind, alphas_cumprod=alphas, cell_weight=cell_weight)
                     reduced = accelerator.reduce(torch.tensor([terms["loss"], terms["diffusion"], terms["drift"], terms["drift_weight_w"]],

@@ -21,7 +21,7 @@ import torch
 
 from lamo_cli.errors import LamoError
 from lamo_cli.fileio import write_json
-from lamo_cli.motion.drift import moving_cells, x0_from_v
+from lamo_cli.motion.drift import diffusion_loss, moving_cells, x0_from_v
 from lamo_cli.stages.finetune import (DEFAULT_VAL_TIMESTEPS, HeldOutSet, add_noise, heldout_loss, heldout_values, load_heldout_set,
                                       parse_val_timesteps)
 
@@ -38,9 +38,9 @@ def loss_by_region(predict_v, held: HeldOutSet, alphas_cumprod: torch.Tensor, th
                 abar = alphas_cumprod[torch.tensor([step])]
                 x_t = add_noise(x0, held.noise(clip, step).unsqueeze(0), abar)
                 x0_hat = x0_from_v(x_t, predict_v(x_t, torch.tensor([step]), held.text[clip:clip + 1]).float(), abar)
-                squared = ((x0_hat - x0) ** 2 / (1.0 - abar)).mean(dim=2, keepdim=True)
                 for region, weight in (("moving", mask), ("still", 1.0 - mask)):
-                    sums[region][step][0] += float((squared * weight).sum())
+                    # the training loss with the region as its cell weight: its mean times the element count is the sum
+                    sums[region][step][0] += float(diffusion_loss(x0_hat, x0, abar, weight)) * x0.numel() / x0.shape[2]
                     sums[region][step][1] += float(weight.sum())
     return {region: {str(t): total / max(count, 1e-12) for t, (total, count) in by_t.items()} for region, by_t in sums.items()}
 
