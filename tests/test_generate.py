@@ -408,6 +408,47 @@ def test_init_video_folder_skips_a_clip_without_caption_and_writes_the_rest(tmp_
     assert not list((tmp_path / "out").glob("*nocaption*")) and not list((tmp_path / "out").glob("*broken*.mp4"))
 
 
+def test_init_video_folder_encodes_clips_in_groups_and_a_broken_one_fails_alone(tmp_path, tiny, monkeypatch):
+    """Two readable clips and a broken one between them, the VAE taking 2 clips a call: one encode
+    call holds both readable clips, each starts from its own latents (as encoded alone), and the
+    broken clip is reported without costing the other its video."""
+    from lamo_cli.backbones.cogvideox import CogVideoXBackbone
+
+    _write_clip(tmp_path / "clips", "a_ball", "a red ball rolls to the right")
+    (tmp_path / "clips" / "b_broken.mp4").write_bytes(b"not an mp4")
+    (tmp_path / "clips" / "b_broken.txt").write_text("a broken clip")
+    _write_clip(tmp_path / "clips", "c_ball", "a red ball rolls to the right fast", seed=9)
+    encode_batches = []
+    original_encode = CogVideoXBackbone.encode_video
+
+    def counting_encode(self, frames):
+        encode_batches.append(len(frames))
+        return original_encode(self, frames)
+
+    monkeypatch.setattr(CogVideoXBackbone, "clips_per_vae_call", lambda self: 2)
+    monkeypatch.setattr(CogVideoXBackbone, "encode_video", counting_encode)
+    result = _run(["generate", "--init-video", str(tmp_path / "clips"), "--strength", "0.4", "--steps", STEPS,
+                   "--out", str(tmp_path / "out"), "--prior", "none", "--no-progress"])
+    assert result.exit_code == 1, result.output  # the broken clip is a failure of the batch
+    assert "b_broken" in result.output and "1 clip(s) skipped or failed" in result.output
+    assert "Traceback" not in result.output
+    assert encode_batches == [2]  # a_ball and c_ball together; b_broken never reached the VAE
+    monkeypatch.undo()
+    for name, caption in (("a-ball", "a red ball rolls to the right"), ("c-ball", "a red ball rolls to the right fast")):
+        (latent_file,) = (tmp_path / "out").glob(f"*-{name}.latent.safetensors")
+        clip = tmp_path / "clips" / f"{name.replace('-', '_')}.mp4"
+        frames = __import__("decord").VideoReader(str(clip)).get_batch(list(range(17))).asnumpy()
+        with torch.no_grad():
+            init = tiny.encode_video(frames[None])[0] * tiny.scaling_factor
+        expected, _ = sample(tiny, tiny.encode_text([caption]), tiny.encode_text([""]), num_steps=5, seed=42,
+                             init_latents=init, strength=0.4)
+        latent, _ = _latent(latent_file)
+        # encoded two at a time vs alone: the VAE's kernels differ by rounding only
+        torch.testing.assert_close(latent, expected[0], atol=1e-3, rtol=0)
+        record = json.loads(latent_file.with_name(latent_file.name.replace(".latent.safetensors", ".json")).read_text())
+        assert record["init_video"]["path"] == str(clip.resolve()) and record["init_video"]["encode_s"] > 0
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

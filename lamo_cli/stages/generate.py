@@ -22,6 +22,7 @@ from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from lamo_cli.errors import LamoError
@@ -173,18 +174,38 @@ def init_video_jobs(init_video: list[str], prompt: Optional[str]) -> tuple[list[
     return jobs, skipped, batch
 
 
-def encode_init_video(model, path: Path) -> tuple[torch.Tensor, list[int]]:
-    """SCALED latents [1, T, C, h, w] of a clip read to the backbone's format, and its frame indices."""
+@dataclass
+class InitLatents:
+    """An init clip encoded for video-to-video: SCALED latents [1, T, C, h, w] and what the sidecar records."""
+    latents: torch.Tensor
+    frame_indices: list[int]
+    encode_s: float  # this clip's share of its VAE call (reading the file included)
+
+
+def encode_init_videos(model, paths: list[Path], group: int) -> dict[Path, InitLatents | LamoError]:
+    """Read `paths` in order, to the backbone's format, until `group` of them are readable, and
+    encode those in ONE VAE call. A clip that cannot be read maps to its one-line error (and does
+    not take a place in the group); the others are unaffected. Clips not reached are left out."""
     from lamo_cli.data.video import VideoSkip, read_clip
 
     fmt = model.video_format
-    try:
-        clip = read_clip(path, fmt.num_frames, fmt.height, fmt.width, fmt.fps)
-    except VideoSkip as exc:
-        raise LamoError(f"--init-video {path}: {exc}") from None
-    with torch.no_grad():
-        mean, _ = model.encode_video(clip.frames[None])
-    return mean * model.scaling_factor, list(clip.frame_indices)
+    tick = time.perf_counter()
+    results: dict[Path, InitLatents | LamoError] = {}
+    clips = {}
+    for path in paths:
+        if len(clips) == group:
+            break
+        try:
+            clips[path] = read_clip(path, fmt.num_frames, fmt.height, fmt.width, fmt.fps)
+        except VideoSkip as exc:
+            results[path] = LamoError(f"--init-video {path}: {exc}")
+    if clips:
+        with torch.no_grad():
+            mean, _ = model.encode_video(np.stack([clip.frames for clip in clips.values()]))
+        share = (time.perf_counter() - tick) / len(clips)
+        for row, (path, clip) in enumerate(clips.items()):
+            results[path] = InitLatents(mean[row : row + 1] * model.scaling_factor, list(clip.frame_indices), share)
+    return results
 
 
 # ==================================================================== prior / LoRA
@@ -339,10 +360,20 @@ def generate(
                 failed(label, exc)
         pending.clear()
 
-    for job in jobs:
+    # Init clips are encoded ahead in groups, one VAE call per group, as the outputs are decoded.
+    init_latents: dict[Path, InitLatents | LamoError] = {}
+    for position, job in enumerate(jobs):
         paths = video_paths(out, job, num_videos, batch)
         try:
-            for video in _sample_prompt(model, job, paths, negative_embedding, motion_field, settings, progress, summary.steps_run):
+            if job.init_video is not None and job.init_video not in init_latents:
+                init_latents.clear()
+                ahead = [later.init_video for later in jobs[position:]]
+                init_latents.update(encode_init_videos(model, ahead, group=per_vae_call))
+            init = init_latents.get(job.init_video) if job.init_video is not None else None
+            if isinstance(init, LamoError):
+                raise init
+            for video in _sample_prompt(model, job, init, paths, negative_embedding, motion_field, settings, progress,
+                                        summary.steps_run):
                 pending.append(video)
                 if len(pending) == per_vae_call:
                     write_pending()
@@ -418,8 +449,10 @@ class _SampledVideo:
     init_record: Optional[dict[str, Any]]
 
 
-def _sample_prompt(model, job: _Job, paths: list[Path], negative_embedding, motion_field, settings, progress, steps_run: int):
-    """Sample the videos of one prompt (yielded one by one, so those done survive a later failure)."""
+def _sample_prompt(model, job: _Job, init: Optional[InitLatents], paths: list[Path], negative_embedding, motion_field,
+                   settings, progress, steps_run: int):
+    """Sample the videos of one prompt (yielded one by one, so those done survive a later failure);
+    `init`: the job's encoded init clip, for video-to-video."""
     from lamo_cli.motion.field import pool_text
     from lamo_cli.sampling import sample
 
@@ -427,12 +460,10 @@ def _sample_prompt(model, job: _Job, paths: list[Path], negative_embedding, moti
     positive = model.encode_text([job.prompt])
     field_text = pool_text(positive)  # the POSITIVE prompt conditions the field, never the negative
     text_s = time.perf_counter() - tick
-    init_latents, init_record = None, None
-    if job.init_video is not None:
-        tick = time.perf_counter()
-        init_latents, frame_indices = encode_init_video(model, job.init_video)
-        init_record = {"path": str(job.init_video), "strength": settings["strength"], "frame_indices": frame_indices,
-                       "encode_s": time.perf_counter() - tick}
+    init_record = None
+    if init is not None:
+        init_record = {"path": str(job.init_video), "strength": settings["strength"], "frame_indices": init.frame_indices,
+                       "encode_s": init.encode_s}
     for k, video_path in enumerate(paths):
         seed = int(settings["seed"]) + k
         with _StepProgress(steps_run, f"{video_path.name} (seed {seed})", enabled=progress) as bar:
@@ -450,7 +481,7 @@ def _sample_prompt(model, job: _Job, paths: list[Path], negative_embedding, moti
                 guidance_scale=settings["guidance_scale"],
                 guidance_window=settings["guidance_window"],
                 callback=bar.advance,
-                init_latents=init_latents,
+                init_latents=None if init is None else init.latents,
                 strength=settings["strength"] or 1.0,
             )
         if not torch.isfinite(latents).all():
