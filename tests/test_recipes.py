@@ -181,6 +181,11 @@ def test_heldout_loss_script_compares_models_on_the_same_noise(tmp_path):
     row = json.loads(out.read_text())["models"][0]
     for t, value in row["val_loss_by_t"].items():
         assert row["by_region"]["still"][t] == pytest.approx(value, rel=1e-5)
+    # and with one every cell passes, every cell is "moving"
+    assert module.main([str(cache), "tiny-random", "--timesteps", "600,100", "--moving-threshold", "1e-9", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["models"][0]
+    for t, value in row["val_loss_by_t"].items():
+        assert row["by_region"]["moving"][t] == pytest.approx(value, rel=1e-5)
     assert module.main([str(cache), "tiny-random", "--moving-threshold", "0"]) == 2
     assert module.main([str(cache), "tiny-random", "--timesteps", "1000"]) == 2
     assert module.main([str(tmp_path / "absent"), "tiny-random"]) == 2

@@ -260,11 +260,14 @@ class HeldOutSet:
 def heldout_loss(predict_v: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], held: HeldOutSet,
                  alphas_cumprod: torch.Tensor, batch_size: int = 8, device: torch.device | str = "cpu",
                  rank: int = 0, world_size: int = 1, autocast: Callable[[], Any] = contextlib.nullcontext,
-                 input_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 input_dtype: torch.dtype = torch.float32,
+                 on_prediction: Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """[len(timesteps), 2] float64: (sum, count) of the per-clip diffusion loss over this rank's pairs.
 
     `predict_v(x_t, t, text)` is the model; the loss is the training one (`diffusion_loss`, the v-MSE),
-    computed clip by clip so that a sum over ranks is the same whatever the batch split."""
+    computed clip by clip so that a sum over ranks is the same whatever the batch split.
+    `on_prediction(clip, t, x0_hat, x0, abar)`, if given, sees every pair's prediction ([1, ...]
+    each), for measures beside the loss without running the model again."""
     device = torch.device(device)
     slot = {t: k for k, t in enumerate(held.timesteps)}
     totals = torch.zeros(len(held.timesteps), 2, dtype=torch.float64)
@@ -283,9 +286,11 @@ def heldout_loss(predict_v: Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
             with autocast():
                 v_hat = predict_v(x_t.to(input_dtype), t, text.to(input_dtype))
             x0_hat = x0_from_v(x_t, v_hat.float(), abar)
-            for k, (_, step) in enumerate(chunk):
+            for k, (clip, step) in enumerate(chunk):
                 totals[slot[step], 0] += float(diffusion_loss(x0_hat[k:k + 1], x0[k:k + 1], abar[k:k + 1]))
                 totals[slot[step], 1] += 1
+                if on_prediction is not None:
+                    on_prediction(clip, step, x0_hat[k:k + 1], x0[k:k + 1], abar[k:k + 1])
     return totals
 
 

@@ -21,28 +21,30 @@ import torch
 
 from lamo_cli.errors import LamoError
 from lamo_cli.fileio import write_json
-from lamo_cli.motion.drift import diffusion_loss, moving_cells, x0_from_v
-from lamo_cli.stages.finetune import (DEFAULT_VAL_TIMESTEPS, HeldOutSet, add_noise, heldout_loss, heldout_values, load_heldout_set,
-                                      parse_val_timesteps)
+from lamo_cli.motion.drift import diffusion_loss, moving_cells
+from lamo_cli.stages.finetune import DEFAULT_VAL_TIMESTEPS, heldout_loss, heldout_values, load_heldout_set, parse_val_timesteps
 
 
-def loss_by_region(predict_v, held: HeldOutSet, alphas_cumprod: torch.Tensor, threshold: float) -> dict[str, dict[str, float]]:
-    """{"moving": {t: v-MSE}, "still": {t: v-MSE}}: the training loss's mean over the moving cells
-    (soft mask, each cell's channels together) and over the rest, pooled over the held-out clips."""
-    sums = {region: {t: [0.0, 0.0] for t in held.timesteps} for region in ("moving", "still")}
-    with torch.no_grad():
-        for clip in range(len(held.x0)):
-            x0 = held.x0[clip:clip + 1]
-            mask = moving_cells(x0, threshold)
-            for step in held.timesteps:
-                abar = alphas_cumprod[torch.tensor([step])]
-                x_t = add_noise(x0, held.noise(clip, step).unsqueeze(0), abar)
-                x0_hat = x0_from_v(x_t, predict_v(x_t, torch.tensor([step]), held.text[clip:clip + 1]).float(), abar)
-                for region, weight in (("moving", mask), ("still", 1.0 - mask)):
-                    # the training loss with the region as its cell weight: its mean times the element count is the sum
-                    sums[region][step][0] += float(diffusion_loss(x0_hat, x0, abar, weight)) * x0.numel() / x0.shape[2]
-                    sums[region][step][1] += float(weight.sum())
-    return {region: {str(t): total / max(count, 1e-12) for t, (total, count) in by_t.items()} for region, by_t in sums.items()}
+class RegionLoss:
+    """The training loss split into the moving latent cells (soft mask `moving_cells`, each cell's
+    channels together) and the rest, pooled over the held-out clips; fed by `heldout_loss`'s
+    `on_prediction`, so the model runs once for both numbers."""
+
+    def __init__(self, threshold: float, timesteps: tuple[int, ...]) -> None:
+        self.threshold = threshold
+        self.sums = {region: {t: [0.0, 0.0] for t in timesteps} for region in ("moving", "still")}
+
+    def __call__(self, clip: int, step: int, x0_hat: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> None:
+        mask = moving_cells(x0, self.threshold)
+        for region, weight in (("moving", mask), ("still", 1.0 - mask)):
+            # the training loss with the region as its cell weight: its mean times the element count is the sum
+            self.sums[region][step][0] += float(diffusion_loss(x0_hat, x0, abar, weight)) * x0.numel() / x0.shape[2]
+            self.sums[region][step][1] += float(weight.sum())
+
+    def values(self) -> dict[str, dict[str, float]]:
+        """{"moving": {t: v-MSE}, "still": {t: v-MSE}}."""
+        return {region: {str(t): total / max(count, 1e-12) for t, (total, count) in by_t.items()}
+                for region, by_t in self.sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             backbone = load_backbone(model, device="cpu")
             held = load_heldout_set(args.cache, args.clips, timesteps, backbone.latent_fingerprint(), backbone.scaling_factor, model)
             backbone.transformer.eval()
-            totals = heldout_loss(lambda x, t, c: backbone.predict_v(x, t, c), held, backbone.alphas_cumprod(), args.batch_size)
+            split = None if args.moving_threshold is None else RegionLoss(args.moving_threshold, timesteps)
+            totals = heldout_loss(lambda x, t, c: backbone.predict_v(x, t, c), held, backbone.alphas_cumprod(), args.batch_size,
+                                  on_prediction=split)
             rows.append({"model": model, "clips": len(held.x0), **heldout_values(totals, timesteps)})
             by_t = "  ".join(f"t={t} {v:.5f}" for t, v in rows[-1]["val_loss_by_t"].items())
             print(f"{model}: {rows[-1]['val_loss']:.5f}  ({by_t})", flush=True)
-            if args.moving_threshold is not None:
-                regions = loss_by_region(lambda x, t, c: backbone.predict_v(x, t, c), held, backbone.alphas_cumprod(),
-                                         args.moving_threshold)
+            if split is not None:
+                regions = split.values()
                 rows[-1]["by_region"] = regions
                 for region, values in regions.items():
                     print(f"  {region:6s} " + "  ".join(f"t={t} {v:.5f}" for t, v in values.items()), flush=True)
