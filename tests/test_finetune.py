@@ -170,6 +170,43 @@ def test_full_finetune_saves_a_loadable_transformer(cache, tmp_path):
         load_run_into(backbone, out, scale=0.5)
 
 
+def test_a_lora_checkpoint_applies_its_own_weights_even_before_the_run_ends(cache, tmp_path):
+    """RUN/checkpoints/step-N is a valid `load_run_into` source: the last one gives the finished
+    run's output, an earlier one its own B @ A (checked by hand on one layer), and an unfinished
+    run folder is refused with a pointer to its checkpoints."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    _train(cache, out, lr=1e-2, save_every=1, keep_checkpoints=10)
+    probe = _probe_inputs()
+    backbone = load_backbone("tiny-random", device="cpu")
+    load_run_into(backbone, out)
+    with torch.no_grad():
+        finished = backbone.transformer(**probe)[0]
+    last = load_run_into(backbone, out / "checkpoints" / "step-000003")
+    assert last["kind"] == "lora" and last["step"] == 3 and last["weights"] == "raw" and last["scale"] == 0.5
+    assert last["run"] == str(out) and last["checkpoint"] == str(out / "checkpoints" / "step-000003")
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.transformer(**probe)[0], finished, atol=1e-6, rtol=0)
+    first = load_run_into(backbone, out / "checkpoints" / "step-000001", scale=1.0)
+    assert first["step"] == 1 and first["adapter_weight"] == 2.0
+    with torch.no_grad():
+        assert (backbone.transformer(**probe)[0] - finished).abs().max() > 1e-5
+    raw = load_file(str(out / "checkpoints" / "step-000001" / "weights.safetensors"))
+    name = next(k for k in raw if k.endswith("lora_A.default.weight"))
+    module_name = name.removesuffix(".lora_A.default.weight")
+    layer = dict(backbone.transformer.named_modules())[module_name]
+    x = torch.randn(3, layer.in_features)
+    a, b = raw[name], raw[module_name + ".lora_B.default.weight"]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x) - layer.base_layer(x), 1.0 * (x @ a.T @ b.T), atol=1e-6, rtol=0)
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "status": "running"}))
+    with pytest.raises(LamoError, match="checkpoints/step-N"):
+        load_run_into(backbone, out)
+    assert load_run_into(backbone, out / "checkpoints" / "step-000002")["step"] == 2  # still fine mid-run
+
+
 # ---------------------------------------------------------------- resume
 def test_resume_gives_the_same_losses_and_weights(cache, tmp_path):
     settings = dict(steps=6, save_every=3, grad_accum=2, batch_size=1, caption_dropout=0.3, lr=5e-3)
@@ -216,9 +253,19 @@ def test_ema_and_cosine_schedule_resume_exactly_and_the_average_is_what_is_saved
         k = step - 1
         d = 0.0 if k <= 0 else min(decay, 1 - (1 + k) ** -0.75)
         shadow = {name: d * shadow[name] + (1 - d) * weights[name].double() for name in shadow}
+        if step == 2:
+            shadow_at_2 = shadow
     saved = CogVideoXTransformer3DModel.from_pretrained(straight / "transformer").state_dict()
     for name, expected in shadow.items():
         assert torch.allclose(saved[name].double(), expected, atol=1e-6), name
+    # a checkpoint applies its moving average: the last one is the saved transformer, step 2 its own
+    backbone = load_backbone("tiny-random", device="cpu")
+    applied = load_run_into(backbone, straight / "checkpoints" / "step-000004")
+    assert applied["kind"] == "full" and applied["weights"] == "moving average" and applied["step"] == 4
+    assert all(torch.equal(backbone.transformer.state_dict()[k], v) for k, v in saved.items())
+    load_run_into(backbone, straight / "checkpoints" / "step-000002")
+    for name, expected in shadow_at_2.items():
+        assert torch.allclose(backbone.transformer.state_dict()[name].double(), expected, atol=1e-6), name
     assert any(not torch.equal(saved[n], raw[-1][n]) for n in shadow)  # not simply the last raw weights
     _train(cache, interrupted, **settings)
     for late in ("step-000003", "step-000004"):

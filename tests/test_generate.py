@@ -299,6 +299,20 @@ def test_generate_with_lora_records_run_and_scale(tmp_path, lora_run):
     torch.testing.assert_close(z_off, z_base, atol=1e-6, rtol=0)
 
 
+def test_generate_from_a_run_checkpoint(tmp_path, lora_run):
+    """--lora RUN/checkpoints/step-N samples that checkpoint; the last one is the finished run."""
+    checkpoint = lora_run / "checkpoints" / "step-000002"
+    base = ["generate", PROMPT, "--steps", "2", "--prior", "none"]
+    for name, source in (("run", lora_run), ("ckpt", checkpoint)):
+        result = _run([*base, "--lora", str(source), "--out", str(tmp_path / f"{name}.mp4")])
+        assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ckpt.json").read_text())["lora"]
+    assert record["run"] == str(lora_run) and record["checkpoint"] == str(checkpoint) and record["step"] == 2
+    assert record["kind"] == "lora" and record["weights"] == "raw" and record["scale"] == pytest.approx(0.5)
+    torch.testing.assert_close(_latent(tmp_path / "ckpt.latent.safetensors")[0], _latent(tmp_path / "run.latent.safetensors")[0],
+                               atol=1e-6, rtol=0)
+
+
 def test_lora_with_corrupt_weights(tmp_path, lora_run):
     broken = tmp_path / "run"
     shutil.copytree(lora_run, broken)

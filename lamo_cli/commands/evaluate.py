@@ -28,7 +28,7 @@ def command(
         Optional[str], typer.Option(help="Backbone (name or diffusers folder) for --reference's VAE floor and for --voe (default for --voe: tiny if installed, else tiny-random).", show_default=False)
     ] = None,
     lora: Annotated[
-        Optional[Path], typer.Option(help="--voe only: a `lamo finetune` run folder to apply to the backbone (LoRA or full).", show_default=False)
+        Optional[Path], typer.Option(help="--voe only: a `lamo finetune` run folder to apply to the backbone (LoRA or full), or one of its checkpoints (RUN/checkpoints/step-N).", show_default=False)
     ] = None,
     n: Annotated[int, typer.Option("--n", help="--voe only: number of (possible, impossible) pairs from the test split.")] = 24,
     seed: Annotated[int, typer.Option(help="--voe only: seed of the pairs, the noise and the bootstrap.")] = 0,

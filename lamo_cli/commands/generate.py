@@ -19,7 +19,7 @@ def command(
         Optional[str],
         typer.Option(help="tiny, tiny-random, cogvideox-2b, cogvideox-5b, or a local diffusers CogVideoX folder (default: tiny when installed, else tiny-random).", show_default=False),
     ] = None,
-    lora: Annotated[Optional[str], typer.Option(help="A run folder written by `lamo finetune` (LoRA or full weights).")] = None,
+    lora: Annotated[Optional[str], typer.Option(help="A run folder written by `lamo finetune` (LoRA or full weights), or one of its checkpoints (RUN/checkpoints/step-N: its moving average where the run keeps one).")] = None,
     lora_scale: Annotated[Optional[float], typer.Option(help="LoRA scale; default: the run's alpha/rank.")] = None,
     prior: Annotated[Optional[str], typer.Option(help="Prior folder from `lamo fit-prior` (default ./lamo-prior if it exists; 'none' for no guidance).")] = None,
     guidance_scale: Annotated[float, typer.Option(help="Motion Prior Guidance strength lambda_guide; 0 turns guidance off.")] = 15.0,

@@ -41,11 +41,14 @@ from lamo_cli.versions import library_versions
 from lamo_cli.fileio import save_safetensors, write_json
 from lamo_cli.motion.drift import diffusion_loss, lamo_objective, moving_cell_weights, x0_from_v
 from lamo_cli.training import (
+    CHECKPOINTS_DIR,
     EpochStream,
     LRSchedule,
     MetricsLog,
     PhaseTimer,
+    STATE_FILE,
     TIMESTEP_SAMPLINGS,
+    WEIGHTS_FILE,
     begin_checkpoint,
     check_resume_settings,
     derive_seed,
@@ -797,15 +800,30 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     return run
 
 
-def load_run_into(backbone, run_dir: str | os.PathLike, scale: float | None = None) -> dict[str, Any]:
-    """Apply a finished run's weights to `backbone.transformer` (in place) and say what was applied.
+def checkpoint_run_folder(path: str | os.PathLike) -> Path | None:
+    """The run folder of a checkpoint folder (RUN/checkpoints/step-N), or None when `path` is not one."""
+    path = Path(path)
+    if path.parent.name == CHECKPOINTS_DIR and (path / STATE_FILE).is_file():
+        return path.parent.parent
+    return None
 
+
+def load_run_into(backbone, run_dir: str | os.PathLike, scale: float | None = None) -> dict[str, Any]:
+    """Apply a run's weights to `backbone.transformer` (in place) and say what was applied.
+
+    `run_dir`: a finished run folder, or one of its checkpoints (RUN/checkpoints/step-N, finished
+    run or not), whose moving average is applied where the run keeps one (what the run would
+    save at that step), else its raw weights.
     LoRA runs: loaded as adapter "lamo" with the saved adapter config, so the effective multiplier
     of B@A is alpha/rank as in training. `scale` (LoRA only) is that effective multiplier: None keeps
     alpha/rank, 0 disables the LoRA; the diffusers adapter weight set is scale / (alpha/rank).
     Full runs: the saved transformer weights replace the backbone's.
     """
     run_dir = Path(run_dir)
+    checkpoint = None
+    owner = checkpoint_run_folder(run_dir)
+    if owner is not None:
+        checkpoint, run_dir = run_dir, owner
     run = read_run(run_dir)
     recorded = run.get("backbone", {})
     fingerprint = backbone.latent_fingerprint()
@@ -817,34 +835,79 @@ def load_run_into(backbone, run_dir: str | os.PathLike, scale: float | None = No
     transformer = backbone.transformer
     if recorded.get("transformer_signature") not in (None, transformer_signature(transformer)):
         raise LamoError(f"run folder {run_dir} was trained on another transformer architecture than {backbone.name!r}; use --backbone {recorded.get('source') or recorded.get('name')}")
+    if checkpoint is not None:
+        return _load_checkpoint_into(transformer, run_dir, run, checkpoint, scale)
     if run.get("status") != "finished":
-        raise LamoError(f"run folder {run_dir} has no final weights (unfinished run); finish it with `lamo finetune --resume --out {run_dir}`")
+        raise LamoError(f"run folder {run_dir} has no final weights (unfinished run); finish it with `lamo finetune --resume --out {run_dir}`, "
+                        f"or sample one of its checkpoints: --lora {run_dir / CHECKPOINTS_DIR}/step-N")
     if run.get("kind") == "full":
         if scale is not None:
             raise LamoError(f"--lora-scale applies to LoRA runs only; {run_dir} is a full fine-tune")
         _load_full_weights(transformer, run_dir / FULL_DIR)
         return {"kind": "full", "run": str(run_dir), "scale": None, "adapter_weight": None}
-    return _load_lora(transformer, run_dir, run, scale)
-
-
-def _load_lora(transformer, run_dir: Path, run: dict, scale: float | None) -> dict[str, Any]:
-    from diffusers import CogVideoXPipeline
-
     weights_path = run_dir / LORA_WEIGHTS
     load_safetensors_checked(weights_path)  # one-line error for a missing or corrupt file
     lora = run.get("lora") or read_json_checked(run_dir / LORA_JSON)
-    trained_scale = float(lora["alpha"]) / float(lora["rank"])
+    try:
+        from diffusers import CogVideoXPipeline
+
+        state, metadata = CogVideoXPipeline.lora_state_dict(str(run_dir), weight_name=LORA_WEIGHTS, return_lora_metadata=True)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise LamoError(f"run folder {run_dir}: {LORA_WEIGHTS} cannot be read ({str(exc).splitlines()[0][:160]})") from None
+    record = _apply_lora(transformer, state, metadata, float(lora["alpha"]) / float(lora["rank"]), scale, run_dir)
+    return {"kind": "lora", "run": str(run_dir), **record}
+
+
+def _load_checkpoint_into(transformer, run_dir: Path, run: dict, checkpoint: Path, scale: float | None) -> dict[str, Any]:
+    """A training checkpoint's moving average (else its raw weights) applied as a finished run's would be."""
+    state = read_json_checked(checkpoint / STATE_FILE)
+    averaged = (checkpoint / EMA_FILE).is_file()
+    weights = load_safetensors_checked(checkpoint / (EMA_FILE if averaged else WEIGHTS_FILE))
+    where = {"run": str(run_dir), "checkpoint": str(checkpoint), "step": int(state.get("step", 0)),
+             "weights": "moving average" if averaged else "raw"}
+    if run.get("kind") == "full":
+        if scale is not None:
+            raise LamoError(f"--lora-scale applies to LoRA runs only; {run_dir} is a full fine-tune")
+        expected = dict(transformer.named_parameters())
+        wrong = sorted(set(expected) ^ set(weights)) or sorted(k for k in weights if weights[k].shape != expected[k].shape)
+        if wrong:
+            raise LamoError(f"{checkpoint}: its weights do not fit {type(transformer).__name__} (e.g. {wrong[0]}); "
+                            "use the backbone the run was trained on")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                expected[name].copy_(tensor.to(expected[name].device, expected[name].dtype))
+        return {"kind": "full", **where, "scale": None, "adapter_weight": None}
+    from peft import LoraConfig
+
+    settings = state.get("settings", {})
+    rank, alpha, targets = settings.get("lora_rank"), settings.get("lora_alpha"), settings.get("lora_targets")
+    if not (rank and alpha and targets):
+        raise LamoError(f"{checkpoint}: {STATE_FILE} does not record the LoRA's rank, alpha and targets; "
+                        "sample the finished run folder instead")
+    # Training named the adapter "default" (peft's add_adapter); diffusers' LoRA loader takes the
+    # tensor names without it and both names and adapter config under the "transformer." prefix,
+    # as `lora_state_dict` reads them from a LoRA file.
+    lora_state = {"transformer." + name.replace(".default.", "."): tensor for name, tensor in weights.items()}
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets), init_lora_weights=True).to_dict()
+    metadata = {"transformer." + k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    record = _apply_lora(transformer, lora_state, metadata, float(alpha) / float(rank), scale, checkpoint)
+    return {"kind": "lora", **where, **record}
+
+
+def _apply_lora(transformer, state: dict, metadata: dict, trained_scale: float, scale: float | None, source: Path) -> dict[str, Any]:
+    """LoRA tensors (diffusers' file layout) into `transformer` as adapter "lamo", at multiplier `scale`."""
+    from diffusers import CogVideoXPipeline
+
     scale = trained_scale if scale is None else float(scale)
     if ADAPTER_NAME in (getattr(transformer, "peft_config", None) or {}):
         transformer.delete_adapters(ADAPTER_NAME)
     try:
-        state, metadata = CogVideoXPipeline.lora_state_dict(str(run_dir), weight_name=LORA_WEIGHTS, return_lora_metadata=True)
         CogVideoXPipeline.load_lora_into_transformer(state, transformer=transformer, adapter_name=ADAPTER_NAME, metadata=metadata)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise LamoError(f"run folder {run_dir}: {LORA_WEIGHTS} does not fit this transformer ({str(exc).splitlines()[0][:160]}); use the backbone it was trained on") from None
+        raise LamoError(f"{source}: its LoRA does not fit this transformer ({str(exc).splitlines()[0][:160]}); use the backbone it was trained on") from None
     adapter_weight = scale / trained_scale
     transformer.set_adapters([ADAPTER_NAME], weights=[adapter_weight])
-    return {"kind": "lora", "run": str(run_dir), "scale": scale, "trained_scale": trained_scale, "adapter_weight": adapter_weight}
+    return {"scale": scale, "trained_scale": trained_scale, "adapter_weight": adapter_weight}
 
 
 def _load_full_weights(transformer, folder: Path) -> None:

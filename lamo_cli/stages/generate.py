@@ -245,13 +245,7 @@ def apply_lora(backbone, run: str | Path, scale: Optional[float]) -> dict:
         raise LamoError(f"--lora {path}: no such run folder; pass a folder written by `lamo finetune`")
     from lamo_cli.stages.finetune import load_run_into
 
-    applied = load_run_into(backbone, path, scale=scale)
-    record = {"run": str(path), "scale": scale}
-    if isinstance(applied, dict):
-        record.update({k: v for k, v in applied.items() if k not in ("run",)})
-    elif isinstance(applied, (int, float)) and not isinstance(applied, bool):
-        record["scale"] = float(applied)
-    return record
+    return {"run": str(path), "scale": scale, **load_run_into(backbone, path, scale=scale)}
 
 
 # ==================================================================== provenance
