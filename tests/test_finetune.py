@@ -381,6 +381,40 @@ def test_bad_training_options_are_one_line_before_any_work(cache, tmp_path, opti
     assert not (tmp_path / "run").exists()
 
 
+def test_dry_run_says_what_would_be_trained_and_writes_nothing(cache, tmp_path):
+    from lamo_cli.data.cache import LatentCache
+    from lamo_cli.training import EpochStream
+
+    out = tmp_path / "run"
+    plan = _train(cache, out, steps=6, save_every=4, dry_run=True)
+    assert not out.exists()
+    assert plan.start_step == 0 and plan.epochs == pytest.approx(6 * 2 / 4)  # 6 steps of 2 clips over 4 clips
+    assert plan.checkpoints == 2  # steps 4 and 6
+    # LoRA rank 4 on to_q/k/v/out of every layer, all of them width x width: r * (in + out) each
+    base = tiny_random_components()["transformer"]
+    width = base.config.num_attention_heads * base.config.attention_head_dim
+    assert plan.run["trainable_parameters"] == base.config.num_layers * 4 * 4 * (width + width)
+    assert plan.state_bytes == plan.run["trainable_parameters"] * 4 * 4  # weight, gradient, two AdamW moments
+    assert plan.frozen_bytes == sum(p.numel() * 4 for p in base.parameters())
+    indices = EpochStream(4, 42).rank_batch(0, 2)  # the run's seed and data order
+    lat = LatentCache(cache)
+    assert plan.first_batch == [(lat.record(i).source_path, lat.caption(i)) for i in indices]
+    assert 400 < plan.timestep_quantiles["50%"] < 600 and plan.timestep_quantiles["10%"] < 150  # uniform over 0..999
+    # with --resume it starts from the checkpoint and checks its settings, as a run would
+    _train(cache, out, steps=3)
+    plan = _train(cache, out, steps=6, save_every=4, resume=True, dry_run=True)
+    assert plan.start_step == 3 and plan.checkpoints == 2 and plan.epochs == pytest.approx(3 * 2 / 4)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoints", "loss.png", "metrics.jsonl", "pytorch_lora_weights.safetensors",
+                                                             "lora.json", "run.json"])
+    with pytest.raises(LamoError, match="drift_weight"):
+        _train(cache, out, steps=6, resume=True, dry_run=True, drift_weight=0.1)
+    result = runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "cli"), "--steps", "6", "--batch-size", "2",
+                                 "--lora-rank", "4", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "nothing trained or written" in result.output and "3.00 epochs" in result.output
+    assert "first batch" in result.output and not (tmp_path / "cli").exists()
+
+
 def test_run_folder_errors_are_one_line(cache, tmp_path):
     backbone = load_backbone("tiny-random", device="cpu")
     with pytest.raises(LamoError, match="no such folder"):

@@ -50,6 +50,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed of the LoRA init, data order and noise.")] = 42,
     caption_dropout: Annotated[float, typer.Option(help="Probability of training a clip with the empty prompt.")] = 0.0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run would (settings, cache, backbone, a --resume checkpoint) and print what it would train: data, batches, epochs, schedule, timesteps, weights and optimizer memory. Trains and writes nothing.")] = False,
     recipe: Annotated[Optional[str], typer.Option(help="Recipe TOML (path or name in recipes/); its [finetune] table fills options not given. Default: recipes/<backbone>.toml if present.", show_default=False)] = None,
 ) -> None:
     """Fine-tune the backbone's transformer (LoRA or --full) with the Motion Drift Loss on a latent cache.
@@ -75,8 +76,11 @@ def command(
         val_cache=val_cache, val_clips=val_clips, val_every=val_every, val_timesteps=val_timesteps,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
-    summary = finetune(**options, progress=progress)
+    summary = finetune(**options, progress=progress, dry_run=dry_run)
     if not summary.is_main:
+        return
+    if dry_run:
+        _print_plan(summary)
         return
     what = "full fine-tune" if summary.kind == "full" else "LoRA fine-tune"
     resumed = f" (resumed at step {summary.start_step})" if summary.start_step else ""
@@ -105,3 +109,47 @@ def command(
         console.print(f"no steps left to train: the checkpoint is at step {summary.steps}", soft_wrap=True)
     for name, path in summary.outputs.items():
         console.print(f"wrote {name}: {path}", soft_wrap=True)
+
+
+def _print_plan(plan) -> None:
+    """The dry run's table: what would be trained, on what, and how."""
+    from rich.table import Table
+
+    run, settings = plan.run, plan.run["settings"]
+    table = Table(title=f"lamo finetune --dry-run: {plan.out} (nothing trained or written)", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    cache = run["cache"]
+    table.add_row("data", f"{cache['num_clips']} clips from {cache['path']} (latents {' x '.join(map(str, cache['latent_shape']))}), "
+                          f"{plan.distinct_captions} distinct captions, caption dropout {settings['caption_dropout']}")
+    backbone = run["backbone"]
+    if run["kind"] == "lora":
+        lora = run["lora"]
+        what = f"LoRA rank {lora['rank']}, alpha {lora['alpha']} (scale {lora['scale']:g}) on {', '.join(lora['targets'])}"
+    else:
+        what = "every transformer weight (--full)"
+    table.add_row("model", f"{backbone['name']} ({backbone['source']}, {backbone['dtype']}): {what}; "
+                           f"{run['trainable_parameters']:,} trainable parameters")
+    start = f" from step {plan.start_step} (--resume)" if plan.start_step else ""
+    table.add_row("steps", f"{settings['steps']}{start}: {plan.epochs:.2f} epochs at effective batch {run['effective_batch_size']} "
+                           f"({settings['batch_size']} a micro-step x {settings['grad_accum']} accumulated x {run['world_size']} process(es))")
+    schedule = settings["lr_schedule"] + (f", moving average decay {settings['ema_decay']}" if settings["ema_decay"] else "")
+    table.add_row("optimizer", f"AdamW lr {settings['lr']:g}, warm-up {settings['warmup']}, {schedule}; "
+                               f"precision {settings['mixed_precision_used']}")
+    density = settings["timestep_sampling"] + (f" (mean {settings['logit_mean']:g}, std {settings['logit_std']:g})"
+                                                if settings["timestep_sampling"] == "logit-normal" else "")
+    quantiles = ", ".join(f"{k} {v}" for k, v in plan.timestep_quantiles.items())
+    table.add_row("timesteps", f"{density}: {quantiles}")
+    loss = "diffusion loss" + (f" + {settings['drift_weight']:g} w(t) Motion Drift Loss (tau {settings['tau']}, w {settings['weight_kind']})"
+                               if settings["drift_weight"] > 0 else " only (drift weight 0: the plain baseline)")
+    if settings["moving_weight"] > 0:
+        loss += f"; moving cells weighed up to 1 + {settings['moving_weight']:g}"
+    table.add_row("loss", loss)
+    table.add_row("memory", f"{plan.state_bytes / 2**20:,.1f} MiB trained weights + gradients + AdamW"
+                            f"{' + moving average' if settings['ema_decay'] else ''}, {plan.frozen_bytes / 2**20:,.1f} MiB frozen "
+                            f"weights (activations not counted; gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'})")
+    table.add_row("writes", f"{plan.checkpoints} checkpoint(s) (every {settings['save_every']} steps, the last "
+                            f"{settings['keep_checkpoints']} kept), then the {'LoRA' if run['kind'] == 'lora' else 'transformer'} into {plan.out}")
+    first = "; ".join(f"{Path(source).name}: {caption!r}" for source, caption in plan.first_batch)
+    table.add_row("first batch", first)
+    console.print(table)

@@ -115,6 +115,26 @@ class FinetuneSummary:
         return self.rank == 0
 
 
+@dataclass
+class FinetunePlan:
+    """What a run would train (`finetune(..., dry_run=True)`), assembled without training or writing."""
+    out: Path
+    run: dict[str, Any]  # the run.json the run would write
+    start_step: int  # where it would start (a checkpoint's step with --resume)
+    epochs: float  # passes over the cache that the remaining steps make
+    first_batch: list[tuple[str, str]]  # (source clip, caption) of the next micro-batch on this process
+    distinct_captions: int
+    timestep_quantiles: dict[str, int]  # "10%", "50%", "90%" of the training timestep density
+    state_bytes: int  # fp32 trainable weights + gradients + AdamW moments (+ the moving average)
+    frozen_bytes: int  # the rest of the transformer, in its dtype (activations not counted)
+    checkpoints: int  # how many the remaining steps write
+    rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
 # ==================================================================== helpers
 def parse_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
     names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)]
@@ -379,9 +399,13 @@ def finetune(
     val_every: int = 0,
     val_timesteps: str = DEFAULT_VAL_TIMESTEPS,
     progress: bool = True,
-) -> FinetuneSummary:
-    """Fine-tune the backbone's transformer on the cache; write the run folder `out`."""
+    dry_run: bool = False,
+) -> FinetuneSummary | FinetunePlan:
+    """Fine-tune the backbone's transformer on the cache; write the run folder `out`. `dry_run`:
+    check every setting, the cache, the backbone and a --resume checkpoint as a run would, then
+    return the FinetunePlan instead of training (nothing is written)."""
     settings = settings_json(dict(locals()))
+    settings.pop("dry_run")
     validate_settings(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, tau=tau,
                       save_every=save_every, drift_weight=drift_weight, weight_kind=weight_kind, lora_rank=lora_rank,
                       lora_alpha=lora_alpha, caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
@@ -545,6 +569,10 @@ def finetune(
         "library_versions": library_versions(),
         "status": "running",
     }
+    if dry_run:
+        return _plan(out, run_info, dataset, lat_cache, stream, position, start_step, steps, batch_size, world_size, rank,
+                     transformer, trainable, ema is not None, save_every, num_train_timesteps, timestep_sampling,
+                     logit_mean, logit_std)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in (out / LORA_WEIGHTS, out / LORA_JSON):
@@ -702,6 +730,30 @@ def finetune(
         seconds_per_step=(sum(step_times) / len(step_times)) if step_times else math.nan, mixed_precision=precision,
         backbone=bb.name, rank=rank, stopped_at_step=stopped_at, outputs=outputs, phase_seconds=phase_seconds,
         val_loss=results.get("val_loss"),
+    )
+
+
+def _plan(out: Path, run_info: dict, dataset, lat_cache, stream: EpochStream, position: int, start_step: int, steps: int,
+          batch_size: int, world_size: int, rank: int, transformer, trainable: list, with_ema: bool, save_every: int,
+          num_train_timesteps: int, timestep_sampling: str, logit_mean: float, logit_std: float) -> FinetunePlan:
+    """The dry run's answer: what the run set up above would do, read off its own objects."""
+    remaining = steps - start_step
+    indices = stream.rank_batch(position, batch_size, world_size, rank)
+    first_batch = [(lat_cache.record(i).source_path, lat_cache.caption(i)) for i in indices]
+    draws = sample_timesteps(timestep_sampling, 20000, num_train_timesteps, seeded_generator(0, "dry-run", "timesteps"),
+                             logit_mean, logit_std).float()
+    quantiles = {f"{int(q * 100)}%": int(torch.quantile(draws, q)) for q in (0.1, 0.5, 0.9)}
+    trained_ids = {id(p) for p in trainable}
+    trained = sum(p.numel() for p in trainable)
+    frozen = sum(p.numel() * p.element_size() for p in transformer.parameters() if id(p) not in trained_ids)
+    # on the checkpoint steps of the loop: every save_every steps and the last one
+    checkpoints = len({s for s in range(start_step + 1, steps + 1) if s % save_every == 0 or s == steps})
+    return FinetunePlan(
+        out=out, run=run_info, start_step=start_step,
+        epochs=remaining * run_info["effective_batch_size"] / len(dataset),
+        first_batch=first_batch, distinct_captions=len(set(lat_cache.caption(i) for i in range(len(lat_cache)))),
+        timestep_quantiles=quantiles, state_bytes=trained * 4 * (4 + int(with_ema)), frozen_bytes=frozen,
+        checkpoints=checkpoints, rank=rank,
     )
 
 
