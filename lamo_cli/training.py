@@ -526,6 +526,18 @@ class PhaseTimer:
         return out
 
 
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The most memory this process has held: on CUDA the tensors torch allocated on `device`, on a
+    CPU the process's peak resident set (models, caches and libraries included)."""
+    if device.type == "cuda":
+        return {"gb": torch.cuda.max_memory_allocated(device) / 2**30, "what": "CUDA tensors allocated"}
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return {"gb": peak / (2**30 if sys.platform == "darwin" else 2**20), "what": "process resident set"}
+
+
 def format_seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"

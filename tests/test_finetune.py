@@ -99,6 +99,12 @@ def test_drift_weight_zero_and_default_both_run_and_log_each_term(cache, tmp_pat
     assert run["status"] == "finished" and run["effective_batch_size"] == 2 and run["world_size"] == 1
     assert run["backbone"]["name"] == "tiny-random" and run["settings"]["drift_weight"] == 0.4
     assert "torch" in run["library_versions"] and (tmp_path / "lamo" / "loss.png").is_file()
+    # peak memory on a CPU: this process's peak resident set, which the test process reads too (kB on Linux)
+    import resource
+
+    peak = run["results"]["peak_memory"]
+    assert peak["what"] == "process resident set"
+    assert 0.05 < peak["gb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 + 1e-9
 
 
 # ---------------------------------------------------------------- outputs
@@ -442,8 +448,7 @@ def test_cli_full_excludes_lora_rank_and_recipe_keys_apply(cache, tmp_path):
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "run" / "run.json").read_text())["settings"]
     assert settings["steps"] == 1 and settings["drift_weight"] == 0.0 and settings["lora_rank"] == 4  # CLI beats recipe
-    assert "wrote lora" in result.output
-
+    assert "wrote lora" in result.output and "peak memory" in result.output and "process resident set" in result.output
 
 
 def test_cli_resume_at_the_last_step_rewrites_the_weights_and_says_so(cache, tmp_path):

@@ -97,7 +97,8 @@ def command(
         phases = ", ".join(f"{k} {v / (reached - summary.start_step) * 1000:.0f} ms" for k, v in summary.phase_seconds.items())
         console.print(
             f"loss {summary.first_loss:.4g} (first step) -> {summary.final_loss:.4g} (mean of the last 10%); "
-            f"{summary.seconds_per_step:.3f} s/step ({phases} per step)",
+            f"{summary.seconds_per_step:.3f} s/step ({phases} per step)"
+            + (f"; peak memory {summary.peak_memory['gb']:.2f} GB ({summary.peak_memory['what']})" if summary.peak_memory else ""),
             soft_wrap=True,
         )
         if summary.val_loss:

@@ -57,6 +57,7 @@ from lamo_cli.training import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    peak_memory,
     load_safetensors_checked,
     pending_checkpoint_dir,
     plot_loss_curve,
@@ -107,6 +108,7 @@ class FinetuneSummary:
     rank: int = 0
     stopped_at_step: int | None = None  # --max-minutes ended the run here, before `steps`
     val_loss: dict[str, Any] | None = None  # --val-cache: first and last held-out loss (see heldout_summary)
+    peak_memory: dict[str, Any] | None = None  # training.peak_memory of the main process
     outputs: dict[str, str] = dataclass_field(default_factory=dict)
     phase_seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
@@ -718,7 +720,7 @@ def finetune(
                         results={"first_loss": losses[0] if losses else None, "final_loss": float(sum(tail) / len(tail)),
                                  "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
                                  "phase_seconds": phase_seconds, "steps_run_in_this_process": len(step_times),
-                                 "stopped_at_step": stopped_at,
+                                 "stopped_at_step": stopped_at, "peak_memory": peak_memory(device),
                                  "val_loss": heldout_summary(records, held) if held is not None else None})
         write_json(out / RUN_JSON, run_info)
     accelerator.wait_for_everyone()
@@ -729,7 +731,7 @@ def finetune(
         world_size=world_size, effective_batch_size=effective_batch, trainable_parameters=run_info["trainable_parameters"],
         seconds_per_step=(sum(step_times) / len(step_times)) if step_times else math.nan, mixed_precision=precision,
         backbone=bb.name, rank=rank, stopped_at_step=stopped_at, outputs=outputs, phase_seconds=phase_seconds,
-        val_loss=results.get("val_loss"),
+        val_loss=results.get("val_loss"), peak_memory=results.get("peak_memory"),
     )
 
 
