@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -485,3 +488,36 @@ def test_init_video_bad_options(tmp_path, monkeypatch, args, needle):
 def test_single_init_video_without_caption_is_a_one_line_error(tmp_path):
     clip = _write_clip(tmp_path, "ball", None)
     _one_line_error(_run(["generate", "--init-video", str(clip), "--out", str(tmp_path / "v.mp4")]), "no caption", "give PROMPT")
+
+
+# ==================================================================== several processes
+def test_two_processes_share_the_videos_and_rank_0_reports_them(tmp_path):
+    """3 prompts x 2 videos over 2 torchrun processes: each video made once, by the process its
+    index falls to, with the seed it has in one process (compared with a one-process run)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a ball falls\na red ball rolls\ntwo balls collide\n")
+    with socket.socket() as probe:  # a free port, so a parallel torchrun elsewhere cannot collide
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    args = ["generate", "--backbone", "tiny-random", "--prompts-file", str(prompts), "--num-videos", "2", "--steps", "2",
+            "--prior", "none", "--no-progress"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+               "-m", "lamo_cli.cli", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and output.count("6 video(s) on 2 processes") == 1  # rank 0 alone reports
+    videos = sorted(p.name for p in (tmp_path / "two").glob("*.mp4"))
+    assert len(videos) == 6 and output.count("wrote ") == 6
+    one = _run([*args, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.mp4")) == videos
+    for name in videos:
+        stem = name.removesuffix(".mp4")
+        shared, alone = (json.loads((tmp_path / d / f"{stem}.json").read_text()) for d in ("two", "one"))
+        assert shared["seed"] == alone["seed"] and shared["prompt"] == alone["prompt"]
+        torch.testing.assert_close(_latent(tmp_path / "two" / f"{stem}.latent.safetensors")[0],
+                                   _latent(tmp_path / "one" / f"{stem}.latent.safetensors")[0], atol=1e-4, rtol=0)

@@ -50,7 +50,9 @@ def command(
     """Generate a video from a prompt, with Motion Prior Guidance from a fitted prior.
 
     Writes OUT.mp4, OUT.json (prompt, settings, seed, versions, per-step guidance losses, timings)
-    and OUT.latent.safetensors (the final latent, read by `lamo heatmap`).
+    and OUT.latent.safetensors (the final latent, read by `lamo heatmap`). Several processes
+    (`torchrun --nproc_per_node N -m lamo_cli.cli generate --prompts-file P ...`) share the videos,
+    one GPU each; rank 0 reports them all.
     """
     from lamo_cli.backbones import default_backbone
     from lamo_cli.stages.generate import generate
@@ -63,6 +65,10 @@ def command(
     )
     options = resolve_options(ctx, "generate", values, recipe)
     summary = generate(**options, progress=progress)
+    if summary.rank != 0:  # rank 0 reports every process's videos; the others only share the exit code
+        if summary.failures:
+            raise typer.Exit(1)
+        return
 
     console.print(summary.prior_note, soft_wrap=True)
     for video in summary.videos:
@@ -70,7 +76,8 @@ def command(
         console.print(f"wrote {video.video}  (seed {video.seed}, {video.sampling_s:.2f} s{loss})", soft_wrap=True)
     if summary.videos:
         console.print(
-            f"{len(summary.videos)} video(s), {summary.backbone}, {summary.sampler} x {summary.steps_run} steps: "
+            f"{len(summary.videos)} video(s){f' on {summary.world_size} processes' if summary.world_size > 1 else ''}, "
+            f"{summary.backbone}, {summary.sampler} x {summary.steps_run} steps: "
             f"{summary.per_step_s:.3f} s/step; guidance overhead {summary.guidance_s:.2f} s of {summary.sampling_s:.2f} s "
             f"sampling ({100 * summary.guidance_fraction:.1f}%); load {summary.load_s:.1f} s, total {summary.total_s:.1f} s",
             soft_wrap=True,

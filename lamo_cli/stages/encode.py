@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,9 +43,9 @@ from lamo_cli.data.cache import (
     write_manifest,
 )
 from lamo_cli.data.video import CaptionIndex, SampledClip, VideoSkip, decode_clip, discover_videos, open_video, plan_clip
+from lamo_cli.distributed import Ranks
 from lamo_cli.errors import LamoError
 
-BARRIER_TIMEOUT = timedelta(hours=24)  # ranks finish at different times; the default 30 min is too short
 POLL_SECONDS = 0.2
 
 
@@ -78,74 +77,6 @@ class EncodeSummary:
     @property
     def gb_written(self) -> float:
         return self.bytes_written / 1e9
-
-
-# ==================================================================== processes
-@dataclass
-class _Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    group: Any = None
-    created_default_group: bool = False
-
-    @classmethod
-    def from_env(cls) -> "_Ranks":
-        values = {}
-        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", None)):
-            raw = os.environ.get(name)
-            try:
-                values[name] = int(raw) if raw not in (None, "") else default
-            except ValueError:
-                raise LamoError(f"environment variable {name}={raw!r} is not an integer; launch with torchrun or unset it") from None
-        world, rank = values["WORLD_SIZE"], values["RANK"]
-        if world < 1 or not 0 <= rank < world:
-            raise LamoError(f"RANK={rank} / WORLD_SIZE={world} are inconsistent; launch with torchrun or unset them")
-        local = values["LOCAL_RANK"] if values["LOCAL_RANK"] is not None else rank
-        return cls(rank, world, local)
-
-    def start(self) -> None:
-        if self.world_size == 1:
-            return
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            # The launcher's group may be NCCL; a separate gloo group carries our CPU-side messages.
-            self.group = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
-            return
-        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
-        if missing:
-            raise LamoError(f"WORLD_SIZE={self.world_size} but {', '.join(missing)} unset; launch with torchrun or accelerate launch")
-        dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT)
-        self.created_default_group = True
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier(group=self.group)
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, obj, group=self.group)
-        return gathered
-
-    def close(self) -> None:
-        if self.created_default_group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-            self.created_default_group = False
-
-    def default_device(self) -> str:
-        if torch.cuda.is_available():
-            return f"cuda:{self.local_rank}" if self.world_size > 1 else "cuda"
-        return "cpu"
 
 
 # ==================================================================== threads
@@ -330,7 +261,7 @@ def encode(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LamoError(f"--out {out} is a file; pass a folder for the cache")
-    ranks = _Ranks.from_env()
+    ranks = Ranks.from_env()
 
     backbone = default_backbone() if backbone is None else backbone
     if isinstance(backbone, (str, os.PathLike)):
@@ -375,7 +306,7 @@ def encode(
     return total
 
 
-def _combine(per_rank: list[dict], out: Path, ranks: _Ranks) -> EncodeSummary:
+def _combine(per_rank: list[dict], out: Path, ranks: Ranks) -> EncodeSummary:
     total = EncodeSummary(out=out, backbone=per_rank[0]["backbone"], world_size=ranks.world_size, rank=ranks.rank)
     for part in per_rank:
         total.written += part["written"]
@@ -406,7 +337,7 @@ class _Settings:
 class _RankEncoder:
     """This process's share of the work: captions -> decoder thread -> VAE batches -> writer thread."""
 
-    def __init__(self, model, identity: CacheIdentity, out: Path, settings: _Settings, ranks: _Ranks, summary: EncodeSummary):
+    def __init__(self, model, identity: CacheIdentity, out: Path, settings: _Settings, ranks: Ranks, summary: EncodeSummary):
         self.model, self.identity, self.out, self.settings = model, identity, out, settings
         self.ranks, self.summary = ranks, summary
         self.pending_rows: list[ClipRow] = []

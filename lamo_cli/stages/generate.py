@@ -25,6 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from lamo_cli.distributed import Ranks
 from lamo_cli.errors import LamoError
 from lamo_cli.versions import library_versions
 
@@ -59,6 +60,8 @@ class GenerateSummary:
     load_s: float = 0.0
     total_s: float = 0.0
     steps_run: int = 0  # steps each video ran: `steps`, or its last --strength fraction from an init video
+    world_size: int = 1  # processes that shared the videos (torchrun); each summary holds them all
+    rank: int = 0
 
     @property
     def sampling_s(self) -> float:
@@ -304,9 +307,12 @@ def generate(
             prompts = [prompt]
         jobs = [_Job(text, index, f"prompt {index:03d} {text[:40]!r}") for index, text in enumerate(prompts)]
 
+    ranks = Ranks.from_env()
+    if ranks.rank != 0:
+        failures = []  # every process reads the same inputs; rank 0 reports what was skipped
     prior_path, prior_note = resolve_prior(prior, guidance_scale)
     backbone = backbone or default_backbone()
-    model = load_backbone(backbone, device=device, dtype=dtype)
+    model = load_backbone(backbone, device=device or ranks.default_device(), dtype=dtype)
     sampler = sampler or model.sampler
     lora_record = apply_lora(model, lora, lora_scale) if lora else None
     fingerprint = model.latent_fingerprint()
@@ -332,6 +338,7 @@ def generate(
         backbone=model.name, sampler=sampler, steps=steps, prior=None if prior_path is None else str(prior_path),
         prior_note=prior_note, lora=lora, guided=motion_field is not None, failures=failures,
         load_s=time.perf_counter() - started, steps_run=steps_to_run(steps, strength) if init_video else steps,
+        world_size=ranks.world_size, rank=ranks.rank,
     )
     negative_embedding = model.encode_text([negative_prompt])
 
@@ -354,20 +361,27 @@ def generate(
                 failed(label, exc)
         pending.clear()
 
+    # Several processes share the videos: video k of job j is the (j * num_videos + k)-th, and goes
+    # to process (that index) mod world size, so every video is made once, with its own seed.
+    mine = []
+    for job in jobs:
+        videos = [(k, path) for k, path in enumerate(video_paths(out, job, num_videos, batch))
+                  if (job.index * num_videos + k) % ranks.world_size == ranks.rank]
+        if videos:
+            mine.append((job, videos))
     # Init clips are encoded ahead in groups, one VAE call per group, as the outputs are decoded.
     init_latents: dict[Path, InitLatents | LamoError] = {}
-    for position, job in enumerate(jobs):
-        paths = video_paths(out, job, num_videos, batch)
+    for position, (job, videos) in enumerate(mine):
         try:
             if job.init_video is not None and job.init_video not in init_latents:
                 init_latents.clear()
-                ahead = [later.init_video for later in jobs[position:]]
+                ahead = [later.init_video for later, _ in mine[position:]]
                 init_latents.update(encode_init_videos(model, ahead, group=per_vae_call))
             init = init_latents.get(job.init_video) if job.init_video is not None else None
             if isinstance(init, LamoError):
                 raise init
-            for video in _sample_prompt(model, job, init, paths, negative_embedding, motion_field, settings, progress,
-                                        summary.steps_run):
+            for video in _sample_prompt(model, job, init, videos, negative_embedding, motion_field, settings,
+                                        progress and ranks.rank == 0, summary.steps_run):
                 pending.append(video)
                 if len(pending) == per_vae_call:
                     write_pending()
@@ -375,8 +389,21 @@ def generate(
             failed(job.label, exc)
     if pending:
         write_pending()
+    if ranks.world_size > 1:
+        _gather_on_rank_0(summary, ranks)
     summary.total_s = time.perf_counter() - started
     return summary
+
+
+def _gather_on_rank_0(summary: GenerateSummary, ranks: Ranks) -> None:
+    """Every process's videos and failures into every process's summary (rank 0 reports them)."""
+    ranks.start()
+    try:
+        parts = ranks.all_gather((summary.videos, summary.failures))
+    finally:
+        ranks.close()
+    summary.videos = sorted((video for videos, _ in parts for video in videos), key=lambda video: str(video.video))
+    summary.failures = [failure for _, failures in parts for failure in failures]
 
 
 def _check_init_options(init_video: list[str], strength: Optional[float], prompts_file, steps: int) -> Optional[float]:
@@ -443,10 +470,10 @@ class _SampledVideo:
     init_record: Optional[dict[str, Any]]
 
 
-def _sample_prompt(model, job: _Job, init: Optional[InitLatents], paths: list[Path], negative_embedding, motion_field,
-                   settings, progress, steps_run: int):
-    """Sample the videos of one prompt (yielded one by one, so those done survive a later failure);
-    `init`: the job's encoded init clip, for video-to-video."""
+def _sample_prompt(model, job: _Job, init: Optional[InitLatents], videos: list[tuple[int, Path]], negative_embedding,
+                   motion_field, settings, progress, steps_run: int):
+    """Sample the videos of one prompt, (k, path) each: the k-th uses seed + k (yielded one by one,
+    so those done survive a later failure); `init`: the job's encoded init clip, for video-to-video."""
     from lamo_cli.motion.field import pool_text
     from lamo_cli.sampling import sample
 
@@ -458,7 +485,7 @@ def _sample_prompt(model, job: _Job, init: Optional[InitLatents], paths: list[Pa
     if init is not None:
         init_record = {"path": str(job.init_video), "strength": settings["strength"], "frame_indices": init.frame_indices,
                        "encode_s": init.encode_s}
-    for k, video_path in enumerate(paths):
+    for k, video_path in videos:
         seed = int(settings["seed"]) + k
         with _StepProgress(steps_run, f"{video_path.name} (seed {seed})", enabled=progress) as bar:
             latents, info = sample(
