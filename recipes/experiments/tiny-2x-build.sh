@@ -15,6 +15,10 @@
 #   DEVICE=cpu VAE_MINUTES=0 TRANSFORMER_MINUTES=0 TRANSFORMER_BATCH=32 TRANSFORMER_LR=5e-4 \
 #     TRANSFORMER_STEPS=6000 SAVE_EVERY=10 OUT=tiny-cpu bash recipes/experiments/tiny-2x-build.sh
 #
+# With a 2x VAE already trained (e.g. the CPU build's, by step counts), the GPU's time can go to the
+# transformer alone: VAE_INIT=that/model MOTION_STEPS=0 DECODER_STEPS=0 VAE_MINUTES=0 (its latent
+# scaling factor is measured again on the clips).
+#
 # Run from the repository root where lamo and its dependencies are installed. Then, on any machine:
 #   lamo generate --backbone "$OUT/model" --prompts-file recipes/experiments/test-prompts-36.txt \
 #     --steps 30 --prior none --out gen && lamo eval gen
@@ -31,6 +35,8 @@ TRANSFORMER_BATCH=${TRANSFORMER_BATCH:-128}
 TRANSFORMER_LR=${TRANSFORMER_LR:-1e-3}
 TRANSFORMER_STEPS=${TRANSFORMER_STEPS:-20000}  # with a time budget: the most it may run
 SAVE_EVERY=${SAVE_EVERY:-200}
+MOTION_STEPS=${MOTION_STEPS:-1013}
+DECODER_STEPS=${DECODER_STEPS:-380}
 LAMO=${LAMO:-lamo}  # e.g. LAMO="python3 -m lamo_cli.cli" where the package is on PYTHONPATH only
 if [ -n "$VAE_INIT" ]; then FIRST_VAE_PHASE=(--vae-init-from "$VAE_INIT" --vae-steps 0)
 else FIRST_VAE_PHASE=(--vae-steps 1433 --vae-small-crop-steps 477); fi
@@ -38,8 +44,8 @@ TRANSFORMER_START=()
 [ -z "$TRANSFORMER_INIT" ] || TRANSFORMER_START=(--transformer-init-from "$TRANSFORMER_INIT")
 
 $LAMO build-tiny --out "$OUT" --device "$DEVICE" --clips "$CLIPS" --temporal-compression 2 \
-  --vae-batch-size "$VAE_BATCH" "${FIRST_VAE_PHASE[@]}" --motion-steps 1013 --moment-weight 0.5 \
-  --decoder-steps 380 --vae-minutes "$VAE_MINUTES" --save-every "$SAVE_EVERY" \
+  --vae-batch-size "$VAE_BATCH" "${FIRST_VAE_PHASE[@]}" --motion-steps "$MOTION_STEPS" --moment-weight 0.5 \
+  --decoder-steps "$DECODER_STEPS" --vae-minutes "$VAE_MINUTES" --save-every "$SAVE_EVERY" \
   --transformer-batch-size "$TRANSFORMER_BATCH" --transformer-lr "$TRANSFORMER_LR" --transformer-steps "$TRANSFORMER_STEPS" "${TRANSFORMER_START[@]}" \
   --transformer-minutes "$TRANSFORMER_MINUTES" --transformer-timestep-sampling logit-normal --transformer-logit-mean -0.5 \
   --no-progress
