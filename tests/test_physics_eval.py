@@ -295,6 +295,29 @@ def test_cli_world_then_eval_round_trip(tmp_path):
     assert (out / "chart.png").stat().st_size > 1000
 
 
+def test_cli_eval_prints_the_law_pass_rates_lowest_first(tmp_path):
+    """Two drop clips, one with its disc shrunk: the size law passes 1 of 2, every other law both;
+    the printed line puts size first, at 50, as report.json's per-video results say."""
+    family, choices, mention = P.CORRUPTION_CASES["size_change"]
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, seed, corrupted in (("clean", 700, False), ("shrunk", 701, True)):
+        clip = W.simulate_clip(family, np.random.default_rng(seed), "test", choices=choices, mention=mention)
+        if corrupted:
+            clip = P.corrupt(clip, "size_change")
+        write_mp4(folder / f"{name}.mp4", W.render_clip(clip))
+        (folder / f"{name}.txt").write_text(clip.caption)
+    scored = runner.invoke(app, ["eval", str(folder), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    videos = json.loads((tmp_path / "r" / "report.json").read_text())["videos"]
+    by_hand = {law: 100 * np.mean([v["laws"][law]["pass"] for v in videos]) for law in P.LAWS
+               if all(v["laws"][law]["pass"] is not None for v in videos)}
+    assert by_hand["size"] == 50.0 and min(by_hand.values()) == 50.0
+    line = next(line for line in scored.output.splitlines() if "law checks passed" in line)
+    assert line.split(": ", 1)[1].startswith("size 50,")
+    assert all(f"{law} 100" in line for law, rate in by_hand.items() if rate == 100.0)
+
+
 def test_cli_eval_reads_generate_sidecars(tmp_path):
     clip = W.simulate_clip("ramp", np.random.default_rng(1))
     write_mp4(tmp_path / "out.mp4", W.render_clip(clip))

@@ -78,10 +78,18 @@ def _table(title: str, overall: dict, per_family: dict) -> Table:
     return table
 
 
+def law_rates_line(overall: dict) -> str:
+    """The overall pass rate of each law check, lowest first: which laws hold PC down."""
+    rates = sorted(((rate, law) for law, rate in (overall.get("law_pass_rates") or {}).items() if rate is not None))
+    return "  law checks passed, % (lowest first): " + ", ".join(f"{law} {rate:.0f}" for rate, law in rates) if rates else ""
+
+
 def print_report(report) -> None:
     console.print(_table("physics score", report.overall, report.per_family))
+    console.print(law_rates_line(report.overall), soft_wrap=True)
     if report.reference is not None:
         console.print(_table("ground-truth renders (tracker floor)", report.reference["overall"], report.reference["per_family"]))
+        console.print(law_rates_line(report.reference["overall"]), soft_wrap=True)
         if report.reference["without_state"]:
             console.print(f"  {report.reference['without_state']} videos had no NAME.state.json (no reference)")
         if report.vae_reconstruction is None:
@@ -89,6 +97,7 @@ def print_report(report) -> None:
     if report.vae_reconstruction is not None:
         vae = report.vae_reconstruction
         console.print(_table(f"VAE reconstructions ({vae['backbone']}, autoencoder floor)", vae["overall"], vae["per_family"]))
+        console.print(law_rates_line(vae["overall"]), soft_wrap=True)
         for item in vae["skipped"]:
             console.print(f"  VAE floor skipped {item['path']}: {item['reason']}", soft_wrap=True)
     for item in report.skipped:

@@ -273,7 +273,8 @@ def report_levels(report: EvalReport) -> list[tuple[str, dict]]:
 
 def write_chart(report: EvalReport, path: Path) -> None:
     """Grouped bars of SA / PC / Joint per family and overall (PNG); with reference levels, a second
-    panel compares the overall scores of generated videos, ground truth and VAE reconstructions."""
+    panel compares the overall scores of generated videos, ground truth and VAE reconstructions.
+    Below, the pass rate of every law check at each level: which laws keep PC where it is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,9 +287,15 @@ def write_chart(report: EvalReport, path: Path) -> None:
     metrics = ("SA", "PC", "Joint")
     width = 0.26
     levels = report_levels(report)
+    laws = [law for law in (report.overall.get("law_pass_rates") or {})
+            if any((b.get("law_pass_rates") or {}).get(law) is not None for _, b in levels)]
+    top_width = max(5.0, 1.2 * len(groups) + 1.5) + (1.2 * len(levels) + 1.5 if len(levels) > 1 else 0.0)
+    fig = plt.figure(figsize=(max(top_width, 0.75 * len(laws) + 1.5), 3.6 + (3.0 if laws else 0.0)))
+    grid = fig.add_gridspec(2 if laws else 1, 2 if len(levels) > 1 else 1, height_ratios=[3.6, 3.0] if laws else None,
+                            width_ratios=[max(2, len(groups)), max(2, len(levels))] if len(levels) > 1 else None)
+    ax = fig.add_subplot(grid[0, 0])
     if len(levels) > 1:
-        fig, (ax, level_ax) = plt.subplots(1, 2, figsize=(max(5.0, 1.2 * len(groups) + 1.5) + 1.2 * len(levels) + 1.5, 3.6),
-                                           gridspec_kw={"width_ratios": [max(2, len(groups)), max(2, len(levels))]})
+        level_ax = fig.add_subplot(grid[0, 1])
         for i, metric in enumerate(metrics):
             values = [b[metric] or 0.0 for _, b in levels]
             level_ax.bar([g + (i - 1) * width for g in range(len(levels))], values, width, label=metric)
@@ -296,8 +303,6 @@ def write_chart(report: EvalReport, path: Path) -> None:
         level_ax.set_xticklabels([f"{name}\n(n={b['n']})" for name, b in levels], fontsize=8)
         level_ax.set_ylim(0, 118)
         level_ax.set_title("levels (overall)", fontsize=9)
-    else:
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) + 1.5), 3.6))
     for i, metric in enumerate(metrics):
         values = [b[metric] or 0.0 for b in blocks]
         xs = [g + (i - 1) * width for g in range(len(groups))]
@@ -309,6 +314,19 @@ def write_chart(report: EvalReport, path: Path) -> None:
     ax.set_title("physics score: semantic adherence (SA), physical commonsense (PC), both" if len(levels) == 1
                  else "physics score per family: SA, PC, Joint", fontsize=None if len(levels) == 1 else 9)
     ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
+    if laws:
+        law_ax = fig.add_subplot(grid[1, :])
+        bar = 0.8 / len(levels)
+        for i, (name, block) in enumerate(levels):
+            rates = block.get("law_pass_rates") or {}
+            law_ax.bar([k + (i - (len(levels) - 1) / 2) * bar for k in range(len(laws))],
+                       [rates.get(law) or 0.0 for law in laws], bar, label=name)
+        law_ax.set_xticks(range(len(laws)))
+        law_ax.set_xticklabels(laws, fontsize=8)
+        law_ax.set_ylim(0, 118)
+        law_ax.set_ylabel("% passing")
+        law_ax.set_title("law checks, overall (a video passes PC when it passes every law of its family)", fontsize=9)
+        law_ax.legend(loc="upper center", ncol=len(levels), fontsize=8, frameon=False)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
