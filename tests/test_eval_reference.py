@@ -54,6 +54,23 @@ def test_reference_with_backbone_writes_three_levels(tmp_path):
     assert (out / "chart.png").stat().st_size > 0
 
 
+def test_vae_reconstructions_share_one_call_and_match_one_by_one(tiny, monkeypatch):
+    """Two clips that fit and a too-short one between them: one encode call of 2, the short clip's
+    reason in its place, and each reconstruction as a clip reconstructed alone (VAE rounding aside)."""
+    clips = [W.simulate_clip(family, np.random.default_rng(seed), "test", num_frames=frames, size=64)
+             for family, seed, frames in (("drop", 1, 17), ("ramp", 2, 9), ("uniform", 3, 17))]
+    alone = [V.vae_reconstruction(tiny, clips[0]), None, V.vae_reconstruction(tiny, clips[2])]
+    calls = []
+    original = type(tiny).encode_video
+    monkeypatch.setattr(type(tiny), "encode_video", lambda self, frames: calls.append(len(frames)) or original(self, frames))
+    together = V.vae_reconstructions(tiny, clips)
+    assert calls == [2]
+    assert isinstance(together[1], ValueError) and "needs 17" in str(together[1])
+    for index in (0, 2):
+        assert together[index].shape == alone[index].shape == (17, 64, 64, 3)
+        assert np.abs(together[index].astype(int) - alone[index].astype(int)).max() <= 2
+
+
 def test_reference_without_backbone_says_vae_floor_needs_it(tmp_path):
     folder = tmp_path / "world"
     W.write_world(folder, n=1, families="uniform", num_frames=17)

@@ -68,10 +68,32 @@ def clip_latents(backbone, clip: world.Clip) -> torch.Tensor:
 
 def vae_reconstruction(backbone, clip: world.Clip) -> np.ndarray:
     """The clip rendered in the backbone's format, VAE-encoded, decoded, cropped back: uint8 [F, S, S, 3]."""
-    video, left = render_for_format(clip, backbone.video_format)
-    mean, _ = backbone.encode_video(video[None])
-    decoded = backbone.decode_latents(mean * backbone.scaling_factor)[0]
-    return crop_to_world(decoded, left)
+    (frames,) = vae_reconstructions(backbone, [clip])
+    if isinstance(frames, ValueError):
+        raise frames
+    return frames
+
+
+def vae_reconstructions(backbone, clips: Sequence[world.Clip]) -> list[np.ndarray | ValueError]:
+    """`vae_reconstruction` of several clips with one VAE encode and one decode call for all that
+    fit the backbone's format (the caller hands as many as `clips_per_vae_call()`); a clip that
+    cannot fit gets its ValueError(reason) in its place."""
+    rendered: list[tuple[int, np.ndarray, int]] = []
+    out: list[np.ndarray | ValueError | None] = []
+    for index, clip in enumerate(clips):
+        try:
+            video, left = render_for_format(clip, backbone.video_format)
+        except ValueError as exc:
+            out.append(exc)
+            continue
+        out.append(None)  # its frames, after the one VAE call below
+        rendered.append((index, video, left))
+    if rendered:
+        mean, _ = backbone.encode_video(np.stack([video for _, video, _ in rendered]))
+        decoded = backbone.decode_latents(mean * backbone.scaling_factor)
+        for (index, _, left), frames in zip(rendered, decoded):
+            out[index] = crop_to_world(frames, left)
+    return out
 
 
 # ---------------------------------------------------------------- the loss

@@ -140,13 +140,15 @@ def score_reference(video: Path) -> dict | None:
     return {"path": str(state_path_of(video)), **result}
 
 
-def score_vae_reconstruction(clip: world.Clip, backbone, source: str) -> dict:
-    """The clip rendered in the backbone's format (first num_frames frames, its height), VAE-encoded
-    and decoded, scored with the clip's caption. Raises ValueError(reason) when it cannot fit."""
-    from lamo_cli.eval.voe import vae_reconstruction
+def score_vae_reconstructions(clips: list[tuple[world.Clip, str]], backbone) -> list[dict | ValueError]:
+    """Each (clip, source) rendered in the backbone's format (first num_frames frames, its height),
+    VAE-encoded and decoded (all in one call), scored with the clip's caption; a clip that cannot
+    fit gets its ValueError(reason) instead."""
+    from lamo_cli.eval.voe import vae_reconstructions
 
-    frames = vae_reconstruction(backbone, clip)
-    return {"path": source, **physics.score_frames(frames, clip.caption)}
+    frames = vae_reconstructions(backbone, [clip for clip, _ in clips])
+    return [item if isinstance(item, ValueError) else {"path": source, **physics.score_frames(item, clip.caption)}
+            for (clip, source), item in zip(clips, frames)]
 
 
 def _load_backbone(backbone):
@@ -182,6 +184,17 @@ def evaluate(
     vae_skipped: list[dict] = []
     missing_state = 0
     vae_model = _load_backbone(backbone) if backbone is not None else None
+    # ground-truth clips wait here to be reconstructed together, as many as the VAE takes at once
+    waiting: list[tuple[world.Clip, str]] = []
+    per_vae_call = vae_model.clips_per_vae_call() if vae_model is not None else 1
+
+    def reconstruct_waiting() -> None:
+        for (_, source), scored in zip(waiting, score_vae_reconstructions(waiting, vae_model)):
+            if isinstance(scored, ValueError):
+                vae_skipped.append({"path": source, "reason": str(scored)})
+            else:
+                reconstructions.append(scored)
+        waiting.clear()
 
     def run_one(video: Path) -> None:
         nonlocal missing_state
@@ -198,10 +211,9 @@ def evaluate(
             source = str(state_path_of(video))
             references.append({"path": source, **physics.score_frames(world.render_clip(clip), clip.caption)})
             if vae_model is not None:
-                try:
-                    reconstructions.append(score_vae_reconstruction(clip, vae_model, source))
-                except ValueError as exc:
-                    vae_skipped.append({"path": source, "reason": str(exc)})
+                waiting.append((clip, source))
+                if len(waiting) == per_vae_call:
+                    reconstruct_waiting()
 
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -214,6 +226,8 @@ def evaluate(
     else:
         for video in files:
             run_one(video)
+    if waiting:
+        reconstruct_waiting()
 
     summary = physics.aggregate(results)
     ref_block = None
