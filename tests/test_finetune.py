@@ -421,6 +421,48 @@ def test_dry_run_says_what_would_be_trained_and_writes_nothing(cache, tmp_path):
     assert "first batch" in result.output and not (tmp_path / "cli").exists()
 
 
+def test_validation_prompts_sample_the_saved_weights_and_leave_training_alone(cache, tmp_path):
+    """--val-prompts: videos at step 0 and every --val-every steps, each the one `sample` draws from
+    that step's weights with seed 42 + prompt index; the training losses are those of a run without."""
+    from lamo_cli.sampling import sample
+    from safetensors.torch import load_file
+
+    prompts = tmp_path / "val.txt"
+    prompts.write_text("a ball falls\n# a comment\na red ball rolls\n")
+    settings = dict(steps=2, save_every=1, lr=1e-2, keep_checkpoints=10)
+    with_videos = tmp_path / "with"
+    summary = _train(cache, with_videos, val_prompts=prompts, val_sample_steps=2, **settings)
+    _train(cache, tmp_path / "without", **settings)
+    a, b = read_metrics(with_videos / "metrics.jsonl"), read_metrics(tmp_path / "without" / "metrics.jsonl")
+    assert [r["loss"] for r in a if "loss" in r] == [r["loss"] for r in b]
+    assert [r["step"] for r in a if "val_videos" in r] == [0, 1, 2]
+    assert summary.outputs["validation_videos"] == str(with_videos / "validation")
+    for step in (0, 1, 2):
+        folder = with_videos / "validation" / f"step-{step:06d}"
+        assert sorted(p.name for p in folder.glob("*.mp4")) == ["000-a-ball-falls.mp4", "001-a-red-ball-rolls.mp4"]
+        record = json.loads((folder / "001-a-red-ball-rolls.json").read_text())
+        assert record == {**record, "prompt": "a red ball rolls", "seed": 43, "step": step, "weights": "raw"}
+    # independent: the base model (step 0) and the finished run (step 2) sampled here
+    backbone = load_backbone("tiny-random", device="cpu")
+    for step, apply in ((0, False), (2, True)):
+        if apply:
+            load_run_into(backbone, with_videos)
+        expected, _ = sample(backbone, backbone.encode_text(["a red ball rolls"]), backbone.encode_text([""]), num_steps=2, seed=43)
+        latent = load_file(str(with_videos / "validation" / f"step-{step:06d}" / "001-a-red-ball-rolls.latent.safetensors"))["latent"]
+        torch.testing.assert_close(latent, expected[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("content, fragment", [("", "no prompts"), ('{"text": 1}\n', "prompt")])
+def test_bad_validation_prompts_are_one_line_before_any_work(cache, tmp_path, content, fragment):
+    bad = tmp_path / ("val.jsonl" if content.startswith("{") else "val.txt")
+    bad.write_text(content)
+    result = runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), "--val-prompts", str(bad), "--no-progress"])
+    _one_line_error(result, "--val-prompts", fragment)
+    assert not (tmp_path / "run").exists()
+    _one_line_error(runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), "--val-prompts",
+                                        str(tmp_path / "absent.txt"), "--no-progress"]), "--val-prompts", "no such file")
+
+
 def test_run_folder_errors_are_one_line(cache, tmp_path):
     backbone = load_backbone("tiny-random", device="cpu")
     with pytest.raises(LamoError, match="no such folder"):
@@ -503,8 +545,11 @@ def test_bf16_is_honoured_on_the_cpu_and_fp16_is_not(cache, tmp_path):
 
 # ---------------------------------------------------------------- two processes
 def test_two_process_torchrun_finetune(cache, tmp_path):
-    """Two processes train one run (rank 0 writes), and share the held-out loss's pairs."""
+    """Two processes train one run (rank 0 writes), and share the held-out loss's pairs and the
+    validation prompts."""
     out = tmp_path / "ddp"
+    prompts = tmp_path / "val.txt"
+    prompts.write_text("one\ntwo\nthree\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with socket.socket() as probe:  # a free port, so a parallel torchrun elsewhere cannot collide
         probe.bind(("127.0.0.1", 0))
@@ -512,7 +557,8 @@ def test_two_process_torchrun_finetune(cache, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "lamo_cli.cli", "finetune", str(cache), "--out", str(out), "--steps", "3", "--save-every", "2",
            "--lora-rank", "4", "--lora-alpha", "2", "--warmup", "1", "--batch-size", "1", "--no-progress",
-           "--val-cache", str(cache), "--val-clips", "3", "--val-timesteps", "100,600", "--val-every", "3"]
+           "--val-cache", str(cache), "--val-clips", "3", "--val-timesteps", "100,600", "--val-every", "3",
+           "--val-prompts", str(prompts), "--val-sample-steps", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("wrote lora:") == 1, done.stdout  # rank 0 alone reports and writes
@@ -528,6 +574,8 @@ def test_two_process_torchrun_finetune(cache, tmp_path):
     expected = _heldout_by_hand(backbone.transformer, held, backbone.alphas_cumprod())
     assert records[0]["val_loss_by_t"]["600"] == pytest.approx(expected[600], rel=1e-4)
     assert "val_loss" in records[3] and "val_loss" not in records[2]
+    for step in ("step-000000", "step-000003"):  # prompts 0 and 2 on rank 0, prompt 1 on rank 1: all three
+        assert sorted(p.name for p in (out / "validation" / step).glob("*.mp4")) == ["000-one.mp4", "001-two.mp4", "002-three.mp4"]
 
 
 # ---------------------------------------------------------------- held-out loss

@@ -46,6 +46,8 @@ def command(
     val_clips: Annotated[int, typer.Option(help="Held-out clips used (the first N of --val-cache).")] = 16,
     val_every: Annotated[int, typer.Option(help="Held-out loss every N steps; 0 = every --save-every steps.")] = 0,
     val_timesteps: Annotated[str, typer.Option(help="Training timesteps at which the held-out loss is measured (comma-separated).")] = "100,300,500,700,900",
+    val_prompts: Annotated[Optional[Path], typer.Option(help="Validation prompts (.txt, one a line, or .jsonl): sampled at step 0 and every --val-every steps with the weights that would be saved, into OUT/validation/step-N/ (mp4 + latent + sidecar, so `lamo eval` and `lamo heatmap` read them); prompt i always from seed 42 + i; several processes share them.", show_default=False)] = None,
+    val_sample_steps: Annotated[int, typer.Option(help="Denoising steps of each validation video (CFG 6, dynamic, no guidance).")] = 30,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/checkpoints (same data position and schedule).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the LoRA init, data order and noise.")] = 42,
     caption_dropout: Annotated[float, typer.Option(help="Probability of training a clip with the empty prompt.")] = 0.0,
@@ -74,6 +76,7 @@ def command(
         lr_schedule=lr_schedule, ema_decay=ema_decay, timestep_sampling=timestep_sampling, logit_mean=logit_mean,
         logit_std=logit_std, moving_weight=moving_weight, moving_threshold=moving_threshold, max_minutes=max_minutes,
         val_cache=val_cache, val_clips=val_clips, val_every=val_every, val_timesteps=val_timesteps,
+        val_prompts=val_prompts, val_sample_steps=val_sample_steps,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
     summary = finetune(**options, progress=progress, dry_run=dry_run)
@@ -151,6 +154,11 @@ def _print_plan(plan) -> None:
                             f"weights (activations not counted; gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'})")
     table.add_row("writes", f"{plan.checkpoints} checkpoint(s) (every {settings['save_every']} steps, the last "
                             f"{settings['keep_checkpoints']} kept), then the {'LoRA' if run['kind'] == 'lora' else 'transformer'} into {plan.out}")
+    if settings.get("val_prompts"):
+        every = settings["val_every"] or settings["save_every"]
+        table.add_row("validation", f"{plan.validation_prompts} prompt(s) from {settings['val_prompts']}, "
+                                    f"{settings['val_sample_steps']} steps each, at step 0 and every {every} steps, into "
+                                    f"{plan.out / 'validation'}")
     first = "; ".join(f"{Path(source).name}: {caption!r}" for source, caption in plan.first_batch)
     table.add_row("first batch", first)
     console.print(table)

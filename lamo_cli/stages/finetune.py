@@ -51,6 +51,7 @@ from lamo_cli.training import (
     WEIGHTS_FILE,
     begin_checkpoint,
     check_resume_settings,
+    checkpoint_name,
     derive_seed,
     ensure_finite,
     finish_checkpoint,
@@ -88,6 +89,8 @@ RESUME_KEYS = (
     "latent_fingerprint", "lr_schedule", "ema_decay", "timestep_sampling", "logit_mean", "logit_std",
     "moving_weight", "moving_threshold",
 )
+VALIDATION_DIR = "validation"  # RUN/validation/step-N/NNN-slug.mp4: videos of --val-prompts at step N
+VALIDATION_SEED = 42  # validation prompt i is sampled from seed VALIDATION_SEED + i at every step, so steps compare
 EMA_FILE = "ema.safetensors"  # in a checkpoint folder: the moving average of the trainable weights
 
 
@@ -130,6 +133,7 @@ class FinetunePlan:
     state_bytes: int  # fp32 trainable weights + gradients + AdamW moments (+ the moving average)
     frozen_bytes: int  # the rest of the transformer, in its dtype (activations not counted)
     checkpoints: int  # how many the remaining steps write
+    validation_prompts: int = 0  # --val-prompts
     rank: int = 0
 
     @property
@@ -217,6 +221,7 @@ _SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_minutes": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 = no time limit)"),
     "val_clips": (lambda v: v >= 1, "must be at least 1"),
     "val_every": (lambda v: v >= 0, "must be >= 0 (0 = every --save-every steps)"),
+    "val_sample_steps": (lambda v: v >= 1, "must be at least 1"),
 }
 
 
@@ -400,6 +405,8 @@ def finetune(
     val_clips: int = 16,
     val_every: int = 0,
     val_timesteps: str = DEFAULT_VAL_TIMESTEPS,
+    val_prompts: str | os.PathLike | None = None,
+    val_sample_steps: int = 30,
     progress: bool = True,
     dry_run: bool = False,
 ) -> FinetuneSummary | FinetunePlan:
@@ -413,8 +420,10 @@ def finetune(
                       lora_alpha=lora_alpha, caption_dropout=caption_dropout, lr_schedule=lr_schedule, ema_decay=ema_decay,
                       timestep_sampling=timestep_sampling, logit_mean=logit_mean, logit_std=logit_std,
                       moving_weight=moving_weight, moving_threshold=moving_threshold,
-                      mixed_precision=mixed_precision, max_minutes=max_minutes, val_clips=val_clips, val_every=val_every)
+                      mixed_precision=mixed_precision, max_minutes=max_minutes, val_clips=val_clips, val_every=val_every,
+                      val_sample_steps=val_sample_steps)
     parse_val_timesteps(val_timesteps)  # a bad list fails before any work (checked again against the scheduler)
+    prompts = read_validation_prompts(val_prompts) if val_prompts is not None else []
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
     out = Path(out)
@@ -456,7 +465,10 @@ def finetune(
     scaling_factor = bb.scaling_factor
     if abs(float(info.scaling_factor) - scaling_factor) > 1e-6:
         raise LamoError(f"cache {cache} records scaling factor {info.scaling_factor} but --backbone {spec} uses {scaling_factor}; re-encode the cache")
-    bb.release("vae", "text_encoder", "tokenizer")  # training needs only the transformer
+    val_text = bb.encode_text(prompts) if prompts else None  # the text encoder goes next; the embeddings stay
+    val_negative = bb.encode_text([""]) if prompts else None
+    # training needs only the transformer (and the VAE to decode validation videos)
+    bb.release(*(("text_encoder", "tokenizer") if prompts else ("vae", "text_encoder", "tokenizer")))
     gc.collect()
     settings.update(backbone=bb.name, backbone_source=bb.source, latent_fingerprint=fingerprint, cache=str(cache))
 
@@ -572,9 +584,11 @@ def finetune(
         "status": "running",
     }
     if dry_run:
-        return _plan(out, run_info, dataset, lat_cache, stream, position, start_step, steps, batch_size, world_size, rank,
+        plan = _plan(out, run_info, dataset, lat_cache, stream, position, start_step, steps, batch_size, world_size, rank,
                      transformer, trainable, ema is not None, save_every, num_train_timesteps, timestep_sampling,
                      logit_mean, logit_std)
+        plan.validation_prompts = len(prompts)
+        return plan
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in (out / LORA_WEIGHTS, out / LORA_JSON):
@@ -606,10 +620,34 @@ def finetune(
         totals = accelerator.reduce(totals.to(device), reduction="sum").cpu() if world_size > 1 else totals
         return heldout_values(totals, held.timesteps)
 
+    def validation_videos(step: int) -> dict[str, Any]:
+        """This process's share of --val-prompts sampled with the weights that would be saved now,
+        written to RUN/validation/step-N (prompt i from seed VALIDATION_SEED + i at every step)."""
+        tick = time.perf_counter()
+        folder = out / VALIDATION_DIR / checkpoint_name(step)
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        unwrapped.eval()
+        try:
+            for i in range(rank, len(prompts), world_size):
+                _write_validation_video(bb, unwrapped, folder, i, prompts[i], val_text[i:i + 1], val_negative, step,
+                                        val_sample_steps, autocast, fingerprint, "moving average" if ema is not None else "raw")
+        finally:
+            unwrapped.train()
+            if ema is not None:
+                ema.restore(trainable)
+        return {"val_videos": str(folder), "time_val_videos": time.perf_counter() - tick}
+
     last_val = None
+    start_record: dict[str, Any] = {}
     if held is not None and start_step == 0:
         last_val = validate()
-        log.write({"step": 0, **last_val})
+        start_record.update(last_val)
+    if prompts and start_step == 0:
+        start_record.update(validation_videos(0))
+    if start_record:
+        log.write({"step": 0, **start_record})
 
     # ---------------------------------------------------------------- loop
     accelerator.wait_for_everyone()
@@ -674,6 +712,8 @@ def finetune(
         if held is not None and (done % every_val == 0 or done == steps):
             last_val = validate()
             record.update(last_val)
+        if prompts and (done % every_val == 0 or done == steps):
+            record.update(validation_videos(done))
         log.write(record)
         if bar is not None:
             bar.update(1)
@@ -716,6 +756,8 @@ def finetune(
         plot_loss_curve(records, out / "loss.png", keys=["loss", "diffusion", "drift", "val_loss", "lr"],
                         title=f"finetune {bb.name} (drift weight {drift_weight}, {'full' if full else f'LoRA r{lora_rank}'})")
         outputs["loss_curve"] = str(out / "loss.png")
+        if prompts:
+            outputs["validation_videos"] = str(out / VALIDATION_DIR)
         run_info.update(status="finished", outputs={"kind": run_info["kind"], **outputs},
                         results={"first_loss": losses[0] if losses else None, "final_loss": float(sum(tail) / len(tail)),
                                  "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
@@ -757,6 +799,41 @@ def _plan(out: Path, run_info: dict, dataset, lat_cache, stream: EpochStream, po
         timestep_quantiles=quantiles, state_bytes=trained * 4 * (4 + int(with_ema)), frozen_bytes=frozen,
         checkpoints=checkpoints, rank=rank,
     )
+
+
+def read_validation_prompts(path: str | os.PathLike) -> list[str]:
+    """--val-prompts: a .txt (one prompt per line) or .jsonl file, as `lamo generate --prompts-file` reads."""
+    from lamo_cli.stages.generate import read_prompts_file
+
+    try:
+        prompts, bad = read_prompts_file(path)
+    except LamoError as exc:
+        raise LamoError(str(exc).replace("--prompts-file", "--val-prompts", 1)) from None
+    if bad:
+        raise LamoError(f"--val-prompts {path}: {bad[0][0]}: {bad[0][1]}")
+    if not prompts:
+        raise LamoError(f"--val-prompts {path}: no prompts in it; write one prompt per line")
+    return prompts
+
+
+def _write_validation_video(bb, transformer, folder: Path, index: int, prompt: str, text: torch.Tensor, negative: torch.Tensor,
+                            step: int, num_steps: int, autocast, fingerprint: str, weights: str) -> Path:
+    """One validation video (CFG 6, dynamic, the backbone's sampler, no guidance) as `lamo generate`
+    writes it: NNN-slug.mp4, its latent, and a sidecar `lamo eval` reads the prompt from."""
+    from lamo_cli.sampling import sample
+    from lamo_cli.stages.generate import slugify, write_video_files
+
+    seed = VALIDATION_SEED + index
+    with torch.no_grad(), autocast():
+        latents, _ = sample(bb, text.to(bb.device), negative.to(bb.device), num_steps=num_steps, sampler=bb.sampler,
+                            seed=seed, transformer=transformer)
+    frames = bb.decode_latents(latents)[0]
+    video = folder / f"{index:03d}-{slugify(prompt)}.mp4"
+    folder.mkdir(parents=True, exist_ok=True)
+    sidecar, _ = write_video_files(bb, video, frames, latents[0], prompt, bb.video_format.fps, fingerprint)
+    write_json(sidecar, {"prompt": prompt, "seed": seed, "step": step, "weights": weights, "sampler": bb.sampler,
+                         "steps": num_steps, "cfg": 6.0, "dynamic_cfg": True, "guidance": None})
+    return video
 
 
 def _past_deadline(accelerator, deadline: float, device: torch.device) -> bool:

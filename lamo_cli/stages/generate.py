@@ -512,10 +512,27 @@ def _sample_prompt(model, job: _Job, init: Optional[InitLatents], videos: list[t
         yield _SampledVideo(job, video_path, seed, k, latents, info, text_s, init_record)
 
 
+def write_video_files(model, video_path: Path, frames, latent: torch.Tensor, prompt: str, fps: float,
+                      fingerprint: str) -> tuple[Path, Path]:
+    """NAME.mp4 and NAME.latent.safetensors (the SCALED latent [T, C, h, w], what `lamo heatmap`
+    reads); returns the paths of the sidecar (NAME.json, written by the caller) and the latent."""
+    from lamo_cli.data.mp4 import write_mp4
+    from lamo_cli.fileio import save_safetensors
+
+    sidecar, latent_path = sidecar_paths(video_path)
+    write_mp4(video_path, frames, fps=fps)
+    save_safetensors(
+        latent_path,
+        {"latent": latent.float().cpu()},
+        metadata={"scaling_factor": repr(model.scaling_factor), "scaled": "true", "layout": "T,C,H,W", "backbone": model.name,
+                  "latent_fingerprint": fingerprint, "prompt": prompt},
+    )
+    return sidecar, latent_path
+
+
 def _write_videos(model, videos: list[_SampledVideo], settings, context) -> list[GeneratedVideo]:
     """Decode `videos` in one VAE call, then write each one's mp4, latent and sidecar."""
-    from lamo_cli.data.mp4 import write_mp4
-    from lamo_cli.fileio import save_safetensors, write_json
+    from lamo_cli.fileio import write_json
 
     tick = time.perf_counter()
     decoded = model.decode_latents(torch.cat([video.latents for video in videos]))
@@ -523,20 +540,8 @@ def _write_videos(model, videos: list[_SampledVideo], settings, context) -> list
     made = []
     for video, frames in zip(videos, decoded):
         job, info, video_path = video.job, video.info, video.path
-        sidecar, latent_path = sidecar_paths(video_path)
-        write_mp4(video_path, frames, fps=settings["fps"])
-        save_safetensors(
-            latent_path,
-            {"latent": video.latents[0].float().cpu()},
-            metadata={
-                "scaling_factor": repr(model.scaling_factor),
-                "scaled": "true",
-                "layout": "T,C,H,W",
-                "backbone": model.name,
-                "latent_fingerprint": context["backbone"]["latent_fingerprint"],
-                "prompt": job.prompt,
-            },
-        )
+        sidecar, latent_path = write_video_files(model, video_path, frames, video.latents[0], job.prompt, settings["fps"],
+                                                 context["backbone"]["latent_fingerprint"])
         timing = dict(info["timing"])
         timing.update(encode_text_s=video.text_s, decode_s=decode_s, clips_decoded_together=len(videos))
         record = {
