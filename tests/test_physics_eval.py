@@ -318,6 +318,36 @@ def test_cli_eval_prints_the_law_pass_rates_lowest_first(tmp_path):
     assert all(f"{law} 100" in line for law, rate in by_hand.items() if rate == 100.0)
 
 
+def test_cli_eval_compare_scores_each_set_on_its_own(tmp_path):
+    """Two sets (clean renders; one clean and one shrunk disc) and an empty one: each scored alone,
+    PC 100 and 50 with bootstrap intervals over their videos, the empty set skipped (exit 1)."""
+    family, choices, mention = P.CORRUPTION_CASES["size_change"]
+    for folder, kinds in (("clean", (None, None)), ("mixed", (None, "size_change"))):
+        (tmp_path / folder).mkdir()
+        for k, kind in enumerate(kinds):
+            clip = W.simulate_clip(family, np.random.default_rng(710 + k), "test", choices=choices, mention=mention)
+            clip = P.corrupt(clip, kind) if kind else clip
+            write_mp4(tmp_path / folder / f"c{k}.mp4", W.render_clip(clip))
+            (tmp_path / folder / f"c{k}.txt").write_text(clip.caption)
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["eval", str(tmp_path / "clean"), str(tmp_path / "mixed"), str(tmp_path / "empty"),
+                                 "--compare", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "skipped set empty" in result.output and "Traceback" not in result.output
+    rows = json.loads((out / "compare.json").read_text())["sets"]
+    assert [r["set"] for r in rows] == ["clean", "mixed"] and [r["n"] for r in rows] == [2, 2]
+    assert rows[0]["PC"] == {"percent": 100.0, "ci": [100.0, 100.0]}
+    assert rows[1]["PC"]["percent"] == 50.0 and rows[1]["PC"]["ci"] == [0.0, 100.0]  # 2 videos: every resample is 0, 50 or 100
+    assert rows[1]["law_pass_rates"]["size"] == 50.0 and "size 50" in result.output
+    assert json.loads((out / "mixed" / "report.json").read_text())["overall"]["PC"] == 50.0
+    assert (out / "compare.png").stat().st_size > 1000
+    names = P.__name__ and __import__("lamo_cli.stages.evaluate", fromlist=["set_labels"]).set_labels
+    assert names(["a/step-1", "b/step-1"]) == ["a/step-1", "b/step-1"] and names(["x/s", "x/s"]) == ["0:x/s", "1:x/s"]
+    _ = runner.invoke(app, ["eval", str(tmp_path / "clean"), "--compare", "--reference"])
+    assert _.exit_code == 2 and "--compare" in _.output
+
+
 def test_cli_eval_reads_generate_sidecars(tmp_path):
     clip = W.simulate_clip("ramp", np.random.default_rng(1))
     write_mp4(tmp_path / "out.mp4", W.render_clip(clip))

@@ -33,13 +33,16 @@ def command(
     n: Annotated[int, typer.Option("--n", help="--voe only: number of (possible, impossible) pairs from the test split.")] = 24,
     seed: Annotated[int, typer.Option(help="--voe only: seed of the pairs, the noise and the bootstrap.")] = 0,
     timesteps: Annotated[int, typer.Option(help="--voe only: number of fixed timesteps, evenly spaced in [50, 950].")] = 8,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Score each VIDEOS argument as a set of its own (e.g. RUN/validation/step-*) and put them side by side: a table, OUT/compare.json and OUT/compare.png, with bootstrap 95% intervals; each set's report in OUT/SET/.")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Score physics-world videos: physical laws (no ground truth needed) and caption attributes.
 
     Tracks the coloured discs, checks the laws of each video's family and the attributes its caption states. Captions come from NAME.txt beside each video or the "prompt" in a `lamo generate` NAME.json. Reports, per family and overall, SA (all attributes right), PC (dynamic and every law holds) and Joint (both) in percent, medians of the continuous metrics and the share of dynamic videos, as a table, report.json and chart.png. Unreadable or uncaptioned videos are skipped and listed.
     """
-    from lamo_cli.stages.evaluate import evaluate, evaluate_voe
+    from lamo_cli.stages.evaluate import compare_sets, evaluate, evaluate_voe
 
     if voe:
         if videos:
@@ -53,6 +56,11 @@ def command(
         raise LamoError("--lora applies to --voe only (the VAE floor does not use the transformer)")
     if not videos:
         raise LamoError("VIDEOS: give at least one mp4 file or folder, e.g. `lamo eval lamo-world --out lamo-eval`, or use --voe")
+    if compare:
+        if reference or backbone is not None:
+            raise LamoError("--compare scores the given sets only; run --reference (and --backbone) on a set separately")
+        print_comparison(compare_sets(videos, out=out, progress=progress))
+        return
     report = evaluate(videos, out=out, reference=reference, progress=progress, backbone=backbone)
     print_report(report)
 
@@ -82,6 +90,29 @@ def law_rates_line(overall: dict) -> str:
     """The overall pass rate of each law check, lowest first: which laws hold PC down."""
     rates = sorted(((rate, law) for law, rate in (overall.get("law_pass_rates") or {}).items() if rate is not None))
     return "  law checks passed, % (lowest first): " + ", ".join(f"{law} {rate:.0f}" for rate, law in rates) if rates else ""
+
+
+def print_comparison(comparison) -> None:
+    """One row per set: SA / PC / Joint (95% interval), dynamic and the law failed most (medians: compare.json)."""
+    table = Table(title="physics score per set: % of its videos (bootstrap 95% interval)", title_justify="left")
+    widest = max((len(row["set"]) for row in comparison.sets), default=3)
+    table.add_column("set", no_wrap=True, min_width=min(widest, 32))
+    for name in ("n", "SA", "PC", "Joint", "dyn", "lowest law"):
+        table.add_column(name, justify="left" if name == "lowest law" else "right", overflow="fold")
+    for row in comparison.sets:
+        cells = [f"{row[m]['percent']:.0f} ({row[m]['ci'][0]:.0f}-{row[m]['ci'][1]:.0f})" for m in ("SA", "PC", "Joint")]
+        rates = [(rate, law) for law, rate in row["law_pass_rates"].items() if rate is not None]
+        lowest = "{1} {0:.0f}".format(*min(rates)) if rates else "-"
+        table.add_row(row["set"], str(row["n"]), *cells, f"{row['dynamic']['percent']:.0f}", lowest)
+    if comparison.sets:
+        console.print(table)
+    for item in comparison.skipped:
+        console.print(f"[red]skipped set[/] {item['set']}: {item['reason']}", soft_wrap=True)
+    if not comparison.sets:
+        raise LamoError(f"nothing could be scored in any of the {len(comparison.skipped)} sets (first: {comparison.skipped[0]['reason']})")
+    console.print(f"wrote {comparison.path} and {comparison.chart_path}", soft_wrap=True)
+    if comparison.skipped:
+        raise typer.Exit(1)
 
 
 def print_report(report) -> None:

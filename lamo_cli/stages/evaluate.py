@@ -347,6 +347,94 @@ def write_chart(report: EvalReport, path: Path) -> None:
     plt.close(fig)
 
 
+# ==================================================================== several sets side by side
+COMPARED = ("SA", "PC", "Joint", "dynamic")
+
+
+@dataclass
+class Comparison:
+    """`compare_sets`' answer: one row per scored set (in the order given) and the sets skipped."""
+    sets: list[dict]
+    skipped: list[dict]
+    path: str | None = None
+    chart_path: str | None = None
+
+
+def set_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short unique names of the sets: the folder or file name, with its parent where names repeat
+    (RUN_A/step-000500 and RUN_B/step-000500), and a position where even that repeats."""
+    paths = [Path(p) for p in paths]
+    names = [p.name or str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}/{p.name}" if p.parent.name else p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+    return names
+
+
+def compare_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike = "lamo-eval", progress: bool = True) -> Comparison:
+    """Score each set (a folder or a file of videos) on its own, into OUT/LABEL/report.json, and put
+    them side by side: SA / PC / Joint / dynamic with a bootstrap 95% interval over the set's videos,
+    the medians and the law-check pass rates; written to OUT/compare.json and OUT/compare.png (e.g.
+    the validation videos of a run, step by step). A set with nothing to score is skipped and listed."""
+    from lamo_cli.eval.stats import metric_stats
+    from lamo_cli.fileio import write_json
+
+    out = Path(out)
+    rows, skipped = [], []
+    for label, path in zip(set_labels(sets), sets):
+        folder = out / label.replace("/", "__").replace(":", "-")
+        try:
+            report = evaluate([path], out=folder, progress=progress)
+        except LamoError as exc:
+            skipped.append({"set": label, "path": str(path), "reason": str(exc)})
+            continue
+        row = {"set": label, "path": str(path), "report": report.report_path, "n": report.overall["n"],
+               "medians": report.overall.get("medians", {}), "law_pass_rates": report.overall.get("law_pass_rates", {}),
+               "skipped_videos": len(report.skipped)}
+        for metric in COMPARED:
+            stats = metric_stats([[bool(video[metric]) for video in report.videos]])
+            row[metric] = {"percent": stats["mean"], "ci": stats["ci"]}
+        rows.append(row)
+    comparison = Comparison(rows, skipped)
+    if rows:
+        comparison.path = str(out / "compare.json")
+        write_json(comparison.path, {"sets": rows, "skipped": skipped,
+                                     "note": "percent of each set's videos; ci: percentile bootstrap 95% interval over its videos"})
+        comparison.chart_path = str(out / "compare.png")
+        write_compare_chart(rows, out / "compare.png")
+    return comparison
+
+
+def write_compare_chart(rows: list[dict], path: Path) -> None:
+    """SA / PC / Joint of each set in order, with their bootstrap intervals (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lamo_cli.fileio import atomic_path
+
+    xs = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2.0), 3.6))
+    for metric in ("SA", "PC", "Joint"):
+        values = np.array([row[metric]["percent"] for row in rows])
+        low = np.array([row[metric]["ci"][0] for row in rows])
+        high = np.array([row[metric]["ci"][1] for row in rows])
+        ax.plot(xs, values, marker="o", label=metric)
+        ax.fill_between(xs, low, high, alpha=0.15)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{row['set']}\n(n={row['n']})" for row in rows], fontsize=8, rotation=30 if len(rows) > 6 else 0)
+    ax.set_ylim(-2, 105)
+    ax.set_ylabel("% of videos")
+    ax.set_title("physics score per set (bands: bootstrap 95% over videos)", fontsize=9)
+    ax.legend(loc="upper left", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 # ==================================================================== violation of expectation
 def evaluate_voe(
     backbone=None,
