@@ -132,8 +132,11 @@ def test_moment_loss_prices_a_lighter_background_above_what_it_saves_on_halos():
 def test_build_tiny_toy_scale(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "build"
+    prompts = tmp_path / "val.txt"
+    prompts.write_text("a red ball drops from the upper left and bounces\n")
     args = ["build-tiny", "--out", str(out), "--clips", "3", "--vae-steps", "2", "--motion-steps", "2", "--moment-weight", "0.5", "--decoder-steps", "2", "--transformer-steps", "2",
-            "--transformer-batch-size", "2", "--no-progress"]
+            "--transformer-batch-size", "2", "--transformer-val-prompts", str(prompts), "--transformer-val-every", "2",
+            "--transformer-val-sample-steps", "2", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     backbone = load_backbone(out / "model", device="cpu")
@@ -166,6 +169,9 @@ def test_build_tiny_toy_scale(tmp_path):
     assert shipped.keys() == trained.keys() and all(torch.equal(shipped[k], trained[k]) for k in shipped)
     run = json.loads((out / "transformer-run" / "run.json").read_text())
     assert run["settings"]["full"] is True and run["settings"]["drift_weight"] == 0.0
+    # validation videos of the transformer phase at its step 0 and every 2 steps
+    for step in ("step-000000", "step-000002"):
+        assert (out / "transformer-run" / "validation" / step / "000-a-red-ball-drops-from-the-upper-left-and.mp4").is_file()
     build = json.loads((out / "build.json").read_text())
     assert build["temporal_compression"] == 4 and build["vae_batch_size"] == 2 and build["vae_small_crop_steps"] == 0 and build["moment_weight"] == 0.5
     again = CliRunner().invoke(app, args)
@@ -213,6 +219,9 @@ def test_build_tiny_with_2x_temporal_compression(tmp_path):
     (["--transformer-logit-std", "0"], "--transformer-logit-std 0"),
     (["--transformer-logit-mean", "nan"], "--transformer-logit-mean nan"),
     (["--transformer-mixed-precision", "fp8"], "--transformer-mixed-precision 'fp8'"),
+    (["--transformer-val-prompts", "absent.txt"], "--transformer-val-prompts absent.txt: no such file"),
+    (["--transformer-val-every", "-1"], "--transformer-val-every -1"),
+    (["--transformer-val-sample-steps", "0"], "--transformer-val-sample-steps 0"),
 ])
 def test_build_tiny_rejects_bad_device_and_batch(tmp_path, option, fragment):
     result = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), *option, "--no-progress"])

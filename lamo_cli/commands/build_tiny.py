@@ -33,6 +33,9 @@ def command(
     transformer_mixed_precision: Annotated[str, typer.Option(help="Transformer phase precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPU: faster where it has AMX), fp16.")] = "auto",
     vae_init_from: Annotated[Optional[str], typer.Option(help="Start the VAE from these weights instead of random ones: a model folder (e.g. lamo_cli/weights/tiny), a diffusers VAE folder or a VAE checkpoint. A 4x VAE's weights start a 2x one (time is pooled without weights), at the 4x VAE's reconstruction quality; then --vae-steps 0 skips the plain phase.", show_default=False)] = None,
     transformer_init_from: Annotated[Optional[str], typer.Option(help="Start the transformer from a model folder's (e.g. lamo_cli/weights/tiny) instead of from scratch; a 4x model's starts a 2x one.", show_default=False)] = None,
+    transformer_val_prompts: Annotated[Optional[str], typer.Option(help="Validation prompts of the transformer phase (`lamo finetune --val-prompts`): videos at its step 0 and every --transformer-val-every steps, in OUT/transformer-run/validation/.", show_default=False)] = None,
+    transformer_val_every: Annotated[int, typer.Option(help="Steps between the transformer phase's validation videos (0 = at every checkpoint).")] = 0,
+    transformer_val_sample_steps: Annotated[int, typer.Option(help="Denoising steps of each validation video.")] = 30,
     vae_minutes: Annotated[float, typer.Option(help="Train the VAE phases for about this long instead: probe steps measure their speed here, then --vae-steps, --motion-steps and --decoder-steps are scaled together to fit (0 = use the step counts).")] = 0.0,
     transformer_minutes: Annotated[float, typer.Option(help="Train the transformer for about this long instead of --transformer-steps (measured the same way; 0 = use the step count).")] = 0.0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps in every training phase (and at each phase's end); a killed run resumes from the last one. Lower it where a step is slow, e.g. batch-16 VAE steps on a CPU.")] = 200,
@@ -52,7 +55,9 @@ def command(
                          transformer_logit_mean=transformer_logit_mean, transformer_logit_std=transformer_logit_std,
                          transformer_mixed_precision=transformer_mixed_precision, vae_minutes=vae_minutes,
                          transformer_minutes=transformer_minutes, vae_init_from=vae_init_from,
-                         transformer_init_from=transformer_init_from, save_every=save_every, install=install, device=device, progress=progress)
+                         transformer_init_from=transformer_init_from, transformer_val_prompts=transformer_val_prompts,
+                         transformer_val_every=transformer_val_every, transformer_val_sample_steps=transformer_val_sample_steps,
+                         save_every=save_every, install=install, device=device, progress=progress)
     for phase, state in summary.phases.items():
         console.print(f"{phase:12s} {state}")
     console.print(f"model folder: {summary.out / 'model'}" + (f"; installed into {summary.installed}" if summary.installed else ""), soft_wrap=True)

@@ -435,6 +435,9 @@ def build_tiny(
     probe_steps: int = 8,
     vae_init_from: str | os.PathLike | None = None,
     transformer_init_from: str | os.PathLike | None = None,
+    transformer_val_prompts: str | os.PathLike | None = None,
+    transformer_val_every: int = 0,
+    transformer_val_sample_steps: int = 30,
     install: bool = False,
     device: str | None = None,
     progress: bool = True,
@@ -447,7 +450,10 @@ def build_tiny(
 
     `decoder_motion_weight`: the frame-difference weight of the decoder phase; None = `motion_weight`
     after a motion phase, 0 without one (the shipped recipe), so a decoder-only continuation of an
-    existing VAE (`vae_init_from`, `vae_steps=0`, `motion_steps=0`) sets it explicitly."""
+    existing VAE (`vae_init_from`, `vae_steps=0`, `motion_steps=0`) sets it explicitly.
+
+    `transformer_val_prompts` / `_val_every` / `_val_sample_steps`: `lamo finetune --val-prompts /
+    --val-every / --val-sample-steps` for the transformer phase (validation videos in transformer-run/validation/step-N)."""
     from lamo_cli.backbones.cogvideox import (
         LAMO_META_FILE,
         TINY_WEIGHTS,
@@ -459,7 +465,7 @@ def build_tiny(
     from lamo_cli.data.world import write_world
     from lamo_cli.fileio import write_json
     from lamo_cli.stages.encode import encode
-    from lamo_cli.stages.finetune import finetune, validate_settings
+    from lamo_cli.stages.finetune import finetune, read_validation_prompts, validate_settings
     from lamo_cli.training import read_json_checked
 
     fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
@@ -485,7 +491,13 @@ def build_tiny(
     validate_settings("transformer-", steps=transformer_steps, batch_size=transformer_batch_size, lr=transformer_lr,
                       warmup=transformer_warmup, ema_decay=transformer_ema_decay, timestep_sampling=transformer_timestep_sampling,
                       logit_mean=transformer_logit_mean, logit_std=transformer_logit_std,
-                      mixed_precision=transformer_mixed_precision)
+                      mixed_precision=transformer_mixed_precision, val_every=transformer_val_every,
+                      val_sample_steps=transformer_val_sample_steps)
+    if transformer_val_prompts is not None:
+        try:
+            read_validation_prompts(transformer_val_prompts)
+        except LamoError as exc:
+            raise LamoError(str(exc).replace("--val-prompts", "--transformer-val-prompts", 1)) from None
     if vae_init_from is not None or transformer_init_from is not None:  # a wrong folder fails here, before any work
         untrained = tiny_untrained_components(temporal_compression=temporal_compression)
         if vae_init_from is not None:
@@ -608,7 +620,8 @@ def build_tiny(
         transformer_steps = int(plan["transformer"]["steps"])
     # With a time budget, a run slower than its probe still ends near the budget: a quarter over it at most.
     result = finetune(**train, out=run_dir, steps=transformer_steps, save_every=save_every, resume=(run_dir / "checkpoints").is_dir(),
-                      max_minutes=1.25 * transformer_minutes, progress=progress)
+                      max_minutes=1.25 * transformer_minutes, val_prompts=transformer_val_prompts,
+                      val_every=transformer_val_every, val_sample_steps=transformer_val_sample_steps, progress=progress)
     summary.transformer_loss = getattr(result, "final_loss", None)
     trained_transformer = run_dir / "transformer"
     if not trained_transformer.is_dir():

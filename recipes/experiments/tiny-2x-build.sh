@@ -19,6 +19,10 @@
 # transformer alone: VAE_INIT=that/model MOTION_STEPS=0 DECODER_STEPS=0 VAE_MINUTES=0 (its latent
 # scaling factor is measured again on the clips).
 #
+# The transformer phase writes validation videos of VAL_PROMPTS (12 test prompts) at its step 0 and
+# every VAL_EVERY steps into $OUT/transformer-run/validation/; score them step by step with
+#   lamo eval $OUT/transformer-run/validation/step-* --compare
+#
 # Run from the repository root where lamo and its dependencies are installed. Then, on any machine:
 #   lamo generate --backbone "$OUT/model" --prompts-file recipes/experiments/test-prompts-36.txt \
 #     --steps 30 --prior none --out gen && lamo eval gen
@@ -35,6 +39,8 @@ TRANSFORMER_BATCH=${TRANSFORMER_BATCH:-128}
 TRANSFORMER_LR=${TRANSFORMER_LR:-1e-3}
 TRANSFORMER_STEPS=${TRANSFORMER_STEPS:-20000}  # with a time budget: the most it may run
 SAVE_EVERY=${SAVE_EVERY:-200}
+VAL_PROMPTS=${VAL_PROMPTS-recipes/experiments/test-prompts-12.txt}  # validation videos of the transformer phase ('' = none)
+VAL_EVERY=${VAL_EVERY:-1000}
 MOTION_STEPS=${MOTION_STEPS:-1013}
 DECODER_STEPS=${DECODER_STEPS:-380}
 LAMO=${LAMO:-lamo}  # e.g. LAMO="python3 -m lamo_cli.cli" where the package is on PYTHONPATH only
@@ -42,6 +48,7 @@ if [ -n "$VAE_INIT" ]; then FIRST_VAE_PHASE=(--vae-init-from "$VAE_INIT" --vae-s
 else FIRST_VAE_PHASE=(--vae-steps 1433 --vae-small-crop-steps 477); fi
 TRANSFORMER_START=()
 [ -z "$TRANSFORMER_INIT" ] || TRANSFORMER_START=(--transformer-init-from "$TRANSFORMER_INIT")
+[ -z "$VAL_PROMPTS" ] || TRANSFORMER_START+=(--transformer-val-prompts "$VAL_PROMPTS" --transformer-val-every "$VAL_EVERY")
 
 $LAMO build-tiny --out "$OUT" --device "$DEVICE" --clips "$CLIPS" --temporal-compression 2 \
   --vae-batch-size "$VAE_BATCH" "${FIRST_VAE_PHASE[@]}" --motion-steps "$MOTION_STEPS" --moment-weight 0.5 \
