@@ -425,10 +425,11 @@ def test_validation_prompts_sample_the_saved_weights_and_leave_training_alone(ca
     """--val-prompts: videos at step 0 and every --val-every steps, each the one `sample` draws from
     that step's weights with seed 42 + prompt index; the training losses are those of a run without."""
     from lamo_cli.sampling import sample
+    from lamo_cli.stages.evaluate import evaluate
     from safetensors.torch import load_file
 
     prompts = tmp_path / "val.txt"
-    prompts.write_text("a ball falls\n# a comment\na red ball rolls\n")
+    prompts.write_text("a ball falls\n# a comment\na red ball rolls\na red ball drops from the upper left and bounces\n")
     settings = dict(steps=2, save_every=1, lr=1e-2, keep_checkpoints=10)
     with_videos = tmp_path / "with"
     summary = _train(cache, with_videos, val_prompts=prompts, val_sample_steps=2, **settings)
@@ -439,9 +440,15 @@ def test_validation_prompts_sample_the_saved_weights_and_leave_training_alone(ca
     assert summary.outputs["validation_videos"] == str(with_videos / "validation")
     for step in (0, 1, 2):
         folder = with_videos / "validation" / f"step-{step:06d}"
-        assert sorted(p.name for p in folder.glob("*.mp4")) == ["000-a-ball-falls.mp4", "001-a-red-ball-rolls.mp4"]
+        assert sorted(p.name for p in folder.glob("*.mp4")) == ["000-a-ball-falls.mp4", "001-a-red-ball-rolls.mp4",
+                                                                "002-a-red-ball-drops-from-the-upper-left-and.mp4"]
         record = json.loads((folder / "001-a-red-ball-rolls.json").read_text())
         assert record == {**record, "prompt": "a red ball rolls", "seed": 43, "step": step, "weights": "raw"}
+        # the one physics-world caption is scored, as `lamo eval` scores the folder
+        logged = next(r for r in a if r["step"] == step and "val_videos" in r)
+        overall = evaluate([folder], out=None, progress=False).overall
+        assert logged["val_scored"] == overall["n"] == 1
+        assert (logged["val_SA"], logged["val_PC"], logged["val_dynamic"]) == (overall["SA"], overall["PC"], overall["dynamic"])
     # independent: the base model (step 0) and the finished run (step 2) sampled here
     backbone = load_backbone("tiny-random", device="cpu")
     for step, apply in ((0, False), (2, True)):

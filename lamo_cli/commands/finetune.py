@@ -109,6 +109,10 @@ def command(
             by_t = ", ".join(f"t={t} {v:.4g}" for t, v in (val.get("last_by_t") or {}).items())
             console.print(f"held-out loss ({val['clips']} clips): {val['first']:.4g} at step {val['first_step']} -> "
                           f"{val['last']:.4g} at step {val['last_step']} ({by_t})", soft_wrap=True)
+        if summary.val_physics:
+            first, last = summary.val_physics["first"], summary.val_physics["last"]
+            console.print(f"validation videos, physics score ({last['scored']} scored): SA {first['SA']:.0f}% PC {first['PC']:.0f}% "
+                          f"at step {first['step']} -> SA {last['SA']:.0f}% PC {last['PC']:.0f}% at step {last['step']}", soft_wrap=True)
     else:  # --resume at the last step: only the final weights are (re)written
         console.print(f"no steps left to train: the checkpoint is at step {summary.steps}", soft_wrap=True)
     for name, path in summary.outputs.items():

@@ -112,6 +112,7 @@ class FinetuneSummary:
     stopped_at_step: int | None = None  # --max-minutes ended the run here, before `steps`
     val_loss: dict[str, Any] | None = None  # --val-cache: first and last held-out loss (see heldout_summary)
     peak_memory: dict[str, Any] | None = None  # training.peak_memory of the main process
+    val_physics: dict[str, Any] | None = None  # --val-prompts with world captions: first and last physics score
     outputs: dict[str, str] = dataclass_field(default_factory=dict)
     phase_seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
@@ -358,6 +359,18 @@ def heldout_summary(records: list[dict[str, Any]], held: HeldOutSet) -> dict[str
         return None
     return {"clips": len(held.x0), "timesteps": list(held.timesteps), "first_step": rows[0]["step"], "first": rows[0]["val_loss"],
             "last_step": rows[-1]["step"], "last": rows[-1]["val_loss"], "last_by_t": rows[-1].get("val_loss_by_t")}
+
+
+def _physics_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The physics score of the first and last validation videos (metrics with val_PC)."""
+    rows = [r for r in records if isinstance(r.get("val_PC"), (int, float))]
+    if not rows:
+        return None
+
+    def pick(row: dict[str, Any]) -> dict[str, Any]:
+        return {"step": row["step"], "scored": row.get("val_scored"), **{m: row[f"val_{m}"] for m in PHYSICS_METRICS}}
+
+    return {"first": pick(rows[0]), "last": pick(rows[-1])}
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -629,15 +642,24 @@ def finetune(
             ema.store(trainable)
             ema.copy_to(trainable)
         unwrapped.eval()
+        written = []
         try:
             for i in range(rank, len(prompts), world_size):
-                _write_validation_video(bb, unwrapped, folder, i, prompts[i], val_text[i:i + 1], val_negative, step,
-                                        val_sample_steps, autocast, fingerprint, "moving average" if ema is not None else "raw")
+                written.append(_write_validation_video(bb, unwrapped, folder, i, prompts[i], val_text[i:i + 1], val_negative, step,
+                                                       val_sample_steps, autocast, fingerprint,
+                                                       "moving average" if ema is not None else "raw"))
         finally:
             unwrapped.train()
             if ema is not None:
                 ema.restore(trainable)
-        return {"val_videos": str(folder), "time_val_videos": time.perf_counter() - tick}
+        counts = _physics_counts(written)
+        if world_size > 1:
+            counts = accelerator.reduce(counts.to(device), reduction="sum").cpu()
+        record = {"val_videos": str(folder), "time_val_videos": time.perf_counter() - tick}
+        if counts[0] > 0:  # some prompts are physics-world captions: their score, as `lamo eval` gives it
+            record.update({f"val_{metric}": float(100.0 * counts[k + 1] / counts[0]) for k, metric in enumerate(PHYSICS_METRICS)},
+                          val_scored=int(counts[0]))
+        return record
 
     last_val = None
     start_record: dict[str, Any] = {}
@@ -753,7 +775,7 @@ def finetune(
             outputs["transformer"] = str(_save_full(unwrapped, out, bb.dtype))
         else:
             outputs.update(_save_lora(unwrapped, out, lora_config, lora_rank, lora_alpha, targets))
-        plot_loss_curve(records, out / "loss.png", keys=["loss", "diffusion", "drift", "val_loss", "lr"],
+        plot_loss_curve(records, out / "loss.png", keys=["loss", "diffusion", "drift", "val_loss", "val_SA", "val_PC", "lr"],
                         title=f"finetune {bb.name} (drift weight {drift_weight}, {'full' if full else f'LoRA r{lora_rank}'})")
         outputs["loss_curve"] = str(out / "loss.png")
         if prompts:
@@ -763,7 +785,8 @@ def finetune(
                                  "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
                                  "phase_seconds": phase_seconds, "steps_run_in_this_process": len(step_times),
                                  "stopped_at_step": stopped_at, "peak_memory": peak_memory(device),
-                                 "val_loss": heldout_summary(records, held) if held is not None else None})
+                                 "val_loss": heldout_summary(records, held) if held is not None else None,
+                                 "val_physics": _physics_summary(records)})
         write_json(out / RUN_JSON, run_info)
     accelerator.wait_for_everyone()
     results = run_info.get("results", {})
@@ -773,7 +796,7 @@ def finetune(
         world_size=world_size, effective_batch_size=effective_batch, trainable_parameters=run_info["trainable_parameters"],
         seconds_per_step=(sum(step_times) / len(step_times)) if step_times else math.nan, mixed_precision=precision,
         backbone=bb.name, rank=rank, stopped_at_step=stopped_at, outputs=outputs, phase_seconds=phase_seconds,
-        val_loss=results.get("val_loss"), peak_memory=results.get("peak_memory"),
+        val_loss=results.get("val_loss"), peak_memory=results.get("peak_memory"), val_physics=results.get("val_physics"),
     )
 
 
@@ -814,6 +837,26 @@ def read_validation_prompts(path: str | os.PathLike) -> list[str]:
     if not prompts:
         raise LamoError(f"--val-prompts {path}: no prompts in it; write one prompt per line")
     return prompts
+
+
+PHYSICS_METRICS = ("SA", "PC", "Joint", "dynamic")
+
+
+def _physics_counts(videos: list[Path]) -> torch.Tensor:
+    """float64 [1 + 4]: how many of `videos` the physics score can read (a physics-world caption),
+    and how many of those pass SA, PC, Joint and dynamic; scored from the mp4 as `lamo eval` scores it."""
+    from lamo_cli.stages.evaluate import score_video
+
+    counts = torch.zeros(1 + len(PHYSICS_METRICS), dtype=torch.float64)
+    for video in videos:
+        try:
+            result = score_video(video)
+        except ValueError:  # not a physics-world caption (or unreadable): not scored
+            continue
+        counts[0] += 1
+        for k, metric in enumerate(PHYSICS_METRICS):
+            counts[k + 1] += float(bool(result[metric]))
+    return counts
 
 
 def _write_validation_video(bb, transformer, folder: Path, index: int, prompt: str, text: torch.Tensor, negative: torch.Tensor,
