@@ -390,12 +390,12 @@ def generate(
     if pending:
         write_pending()
     if ranks.world_size > 1:
-        _gather_on_rank_0(summary, ranks)
+        _gather_from_every_process(summary, ranks)
     summary.total_s = time.perf_counter() - started
     return summary
 
 
-def _gather_on_rank_0(summary: GenerateSummary, ranks: Ranks) -> None:
+def _gather_from_every_process(summary: GenerateSummary, ranks: Ranks) -> None:
     """Every process's videos and failures into every process's summary (rank 0 reports them)."""
     ranks.start()
     try:
