@@ -44,7 +44,7 @@ def command(
     max_minutes: Annotated[float, typer.Option(help="Stop after about this many minutes of training (e.g. a job's wall-time limit): checkpoint and final weights are written at that step, and --resume continues. 0 = no limit.")] = 0.0,
     val_cache: Annotated[Optional[Path], typer.Option(help="Held-out latent cache (encoded by the same backbone): log the diffusion loss on its clips at fixed timesteps with fixed noise, at step 0 and every --val-every steps (the moving average's, with --ema-decay), into metrics.jsonl and loss.png.", show_default=False)] = None,
     val_clips: Annotated[int, typer.Option(help="Held-out clips used (the first N of --val-cache).")] = 16,
-    val_every: Annotated[int, typer.Option(help="Held-out loss every N steps; 0 = every --save-every steps.")] = 0,
+    val_every: Annotated[int, typer.Option(help="Held-out loss (--val-cache) and validation videos (--val-prompts) every N steps; 0 = every --save-every steps.")] = 0,
     val_timesteps: Annotated[str, typer.Option(help="Training timesteps at which the held-out loss is measured (comma-separated).")] = "100,300,500,700,900",
     val_prompts: Annotated[Optional[Path], typer.Option(help="Validation prompts (.txt, one a line, or .jsonl): sampled at step 0 and every --val-every steps with the weights that would be saved, into OUT/validation/step-N/ (mp4 + latent + sidecar, so `lamo eval` and `lamo heatmap` read them); prompt i always from seed 42 + i; several processes share them.", show_default=False)] = None,
     val_sample_steps: Annotated[int, typer.Option(help="Denoising steps of each validation video (CFG 6, dynamic, no guidance).")] = 30,
