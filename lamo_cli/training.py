@@ -195,16 +195,25 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], generators: dict[str, to
 
 # ==================================================================== optimizer state <-> safetensors + JSON
 def optimizer_state_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split `optimizer.state_dict()` into tensors (`state.<param>.<name>`) and a JSON-able rest."""
+    """Split `optimizer.state_dict()` into tensors (`state.<param>.<name>`) and a JSON-able rest.
+    A state entry that is itself a dict (bitsandbytes keeps its 8-bit state so) is split the same
+    way, its names joined with "/" (`state.<param>.<name>/<inner name>`)."""
     state_dict = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
+
+    def split(index, name: str, value) -> None:
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                split(index, f"{name}/{inner}", item)
+        elif torch.is_tensor(value):
+            tensors[f"state.{index}.{name}"] = value.detach().clone().cpu()
+        else:
+            scalars.setdefault(str(index), {})[name] = value
+
     for index, entries in state_dict["state"].items():
         for name, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{index}.{name}"] = value.detach().clone().cpu()
-            else:
-                scalars.setdefault(str(index), {})[name] = value
+            split(index, name, value)
     groups = []
     for group in state_dict["param_groups"]:
         plain = {}
@@ -221,11 +230,20 @@ def optimizer_state_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str
 def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `optimizer_state_to_files`: a dict for `optimizer.load_state_dict`."""
     state: dict[int, dict[str, Any]] = {}
+
+    def put(index: int, name: str, value) -> None:
+        *outer, last = name.split("/")
+        entries = state.setdefault(index, {})
+        for part in outer:
+            entries = entries.setdefault(part, {})
+        entries[last] = value
+
     for key, value in tensors.items():
         _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
+        put(int(index), name, value)
     for index, entries in meta.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(entries)
+        for name, value in entries.items():
+            put(int(index), name, value)
     tuple_keys = set(meta.get("tuple_keys", []))
     groups = []
     for group in meta["param_groups"]:

@@ -240,6 +240,44 @@ def test_resume_gives_the_same_losses_and_weights(cache, tmp_path):
         _train(cache, interrupted, resume=True, **{**settings, "drift_weight": 0.1})
 
 
+def test_8bit_adamw_keeps_8bit_moments_in_its_checkpoints_and_resumes_exactly(cache, tmp_path):
+    """--optimizer adamw8bit (bitsandbytes): the moments of the large weights are uint8 in the
+    checkpoint, a resumed run gives the straight run's losses and weights, a changed optimizer is
+    refused on --resume, and the dry run counts 2 bytes of moments a weight."""
+    from safetensors.torch import load_file
+
+    settings = dict(full=True, steps=4, save_every=2, lr=1e-3, warmup=1, optimizer_kind="adamw8bit")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    _train(cache, straight, **settings)
+    state = load_file(str(straight / "checkpoints" / "step-000004" / "optimizer.safetensors"))
+    eight_bit = [k for k, v in state.items() if v.dtype == torch.uint8]
+    assert eight_bit and all("__bnb_optimizer_quant_state__/state" in k for k in eight_bit)
+    _train(cache, interrupted, **settings)
+    shutil.rmtree(interrupted / "checkpoints" / "step-000004")
+    shutil.rmtree(interrupted / "transformer")
+    _train(cache, interrupted, resume=True, **settings)
+    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(interrupted / "metrics.jsonl")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    wa = load_file(str(straight / "transformer" / "diffusion_pytorch_model.safetensors"))
+    wb = load_file(str(interrupted / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(LamoError, match="optimizer_kind"):
+        _train(cache, interrupted, resume=True, **{**settings, "optimizer_kind": "adamw", "steps": 6})
+    plan = _train(cache, tmp_path / "plan", dry_run=True, **settings)
+    assert plan.state_bytes == plan.run["trainable_parameters"] * (4 + 4 + 2)
+
+
+def test_8bit_adamw_without_bitsandbytes_is_one_line(cache, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    result = runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), "--optimizer", "adamw8bit", "--no-progress"])
+    _one_line_error(result, "--optimizer adamw8bit needs bitsandbytes", "pip install")
+    _one_line_error(runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "run"), "--optimizer", "sgd"]), "--optimizer 'sgd'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_ema_and_cosine_schedule_resume_exactly_and_the_average_is_what_is_saved(cache, tmp_path):
     """With --ema-decay the saved transformer is the moving average, which an independent float64
     recomputation from the raw weights of every step reproduces; a resumed run saves the same bytes."""

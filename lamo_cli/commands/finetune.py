@@ -26,6 +26,7 @@ def command(
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/rank).")] = 64.0,
     lora_targets: Annotated[str, typer.Option(help="Comma-separated module names that get LoRA.")] = "to_q,to_k,to_v,to_out.0",
     lr: Annotated[float, typer.Option(help="AdamW learning rate (peak, after warm-up).")] = 5e-5,
+    optimizer_kind: Annotated[str, typer.Option("--optimizer", help="adamw (torch), or adamw8bit (bitsandbytes: the two moments in 8 bits, 2 bytes a trained weight instead of 8; for full fine-tunes of large models).")] = "adamw",
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
     lr_schedule: Annotated[str, typer.Option(help="After warm-up: constant, or cosine (down to 0 at the last step).")] = "constant",
     ema_decay: Annotated[float, typer.Option(help="Keep a moving average of the trained weights with this decay and save it (e.g. 0.999 when training from scratch); 0 = off.")] = 0.0,
@@ -76,7 +77,7 @@ def command(
         lr_schedule=lr_schedule, ema_decay=ema_decay, timestep_sampling=timestep_sampling, logit_mean=logit_mean,
         logit_std=logit_std, moving_weight=moving_weight, moving_threshold=moving_threshold, max_minutes=max_minutes,
         val_cache=val_cache, val_clips=val_clips, val_every=val_every, val_timesteps=val_timesteps,
-        val_prompts=val_prompts, val_sample_steps=val_sample_steps,
+        val_prompts=val_prompts, val_sample_steps=val_sample_steps, optimizer_kind=optimizer_kind,
     )
     options = resolve_options(ctx, "finetune", values, default_recipe(recipe, cache, backbone))
     summary = finetune(**options, progress=progress, dry_run=dry_run)
@@ -142,7 +143,8 @@ def _print_plan(plan) -> None:
     table.add_row("steps", f"{settings['steps']}{start}: {plan.epochs:.2f} epochs at effective batch {run['effective_batch_size']} "
                            f"({settings['batch_size']} a micro-step x {settings['grad_accum']} accumulated x {run['world_size']} process(es))")
     schedule = settings["lr_schedule"] + (f", moving average decay {settings['ema_decay']}" if settings["ema_decay"] else "")
-    table.add_row("optimizer", f"AdamW lr {settings['lr']:g}, warm-up {settings['warmup']}, {schedule}; "
+    table.add_row("optimizer", f"{'AdamW 8-bit' if settings['optimizer_kind'] == 'adamw8bit' else 'AdamW'} lr {settings['lr']:g}, "
+                               f"warm-up {settings['warmup']}, {schedule}; "
                                f"precision {settings['mixed_precision_used']}")
     density = settings["timestep_sampling"] + (f" (mean {settings['logit_mean']:g}, std {settings['logit_std']:g})"
                                                 if settings["timestep_sampling"] == "logit-normal" else "")
@@ -153,7 +155,7 @@ def _print_plan(plan) -> None:
     if settings["moving_weight"] > 0:
         loss += f"; moving cells weighed up to 1 + {settings['moving_weight']:g}"
     table.add_row("loss", loss)
-    table.add_row("memory", f"{plan.state_bytes / 2**20:,.1f} MiB trained weights + gradients + AdamW"
+    table.add_row("memory", f"{plan.state_bytes / 2**20:,.1f} MiB trained weights + gradients + optimizer moments"
                             f"{' + moving average' if settings['ema_decay'] else ''}, {plan.frozen_bytes / 2**20:,.1f} MiB frozen "
                             f"weights (activations not counted; gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'})")
     table.add_row("writes", f"{plan.checkpoints} checkpoint(s) (every {settings['save_every']} steps, the last "

@@ -87,8 +87,9 @@ RESUME_KEYS = (
     "drift_weight", "lora_rank", "lora_alpha", "lora_targets", "full", "lr", "warmup", "tau", "weight_kind",
     "seed", "caption_dropout", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "effective_batch_size",
     "latent_fingerprint", "lr_schedule", "ema_decay", "timestep_sampling", "logit_mean", "logit_std",
-    "moving_weight", "moving_threshold",
+    "moving_weight", "moving_threshold", "optimizer_kind",
 )
+OPTIMIZERS = ("adamw", "adamw8bit")  # torch's AdamW; bitsandbytes' AdamW8bit (moments in 8 bits: 2 bytes a weight, not 8)
 VALIDATION_DIR = "validation"  # RUN/validation/step-N/NNN-slug.mp4: videos of --val-prompts at step N
 VALIDATION_SEED = 42  # validation prompt i is sampled from seed VALIDATION_SEED + i at every step, so steps compare
 EMA_FILE = "ema.safetensors"  # in a checkpoint folder: the moving average of the trainable weights
@@ -131,7 +132,7 @@ class FinetunePlan:
     first_batch: list[tuple[str, str]]  # (source clip, caption) of the next micro-batch on this process
     distinct_captions: int
     timestep_quantiles: dict[str, int]  # "10%", "50%", "90%" of the training timestep density
-    state_bytes: int  # fp32 trainable weights + gradients + AdamW moments (+ the moving average)
+    state_bytes: int  # fp32 trainable weights + gradients + AdamW moments (fp32 or 8-bit) (+ the moving average)
     frozen_bytes: int  # the rest of the transformer, in its dtype (activations not counted)
     checkpoints: int  # how many the remaining steps write
     validation_prompts: int = 0  # --val-prompts
@@ -420,6 +421,7 @@ def finetune(
     val_timesteps: str = DEFAULT_VAL_TIMESTEPS,
     val_prompts: str | os.PathLike | None = None,
     val_sample_steps: int = 30,
+    optimizer_kind: str = "adamw",
     progress: bool = True,
     dry_run: bool = False,
 ) -> FinetuneSummary | FinetunePlan:
@@ -436,6 +438,7 @@ def finetune(
                       mixed_precision=mixed_precision, max_minutes=max_minutes, val_clips=val_clips, val_every=val_every,
                       val_sample_steps=val_sample_steps)
     parse_val_timesteps(val_timesteps)  # a bad list fails before any work (checked again against the scheduler)
+    check_optimizer(optimizer_kind)
     prompts = read_validation_prompts(val_prompts) if val_prompts is not None else []
     targets = parse_targets(lora_targets)
     settings["lora_targets"] = targets
@@ -533,10 +536,7 @@ def finetune(
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     input_dtype = torch.float32 if full else bb.dtype
-    # fused: one kernel for all parameters on a GPU instead of several per tensor (a small model's
-    # optimizer step was a quarter of its GPU step time).
-    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(optimizer_kind, trainable, lr, (adam_beta1, adam_beta2), weight_decay, device)
     schedule = LRSchedule(base_lr=lr, warmup=warmup, kind=lr_schedule, total_steps=steps)
     # A moving average of the weights (diffusers' EMAModel, as its training scripts use): what is saved
     # at the end. Worth it when training from scratch; a short LoRA fine-tune does not need it.
@@ -599,7 +599,7 @@ def finetune(
     if dry_run:
         plan = _plan(out, run_info, dataset, lat_cache, stream, position, start_step, steps, batch_size, world_size, rank,
                      transformer, trainable, ema is not None, save_every, num_train_timesteps, timestep_sampling,
-                     logit_mean, logit_std)
+                     logit_mean, logit_std, optimizer_kind)
         plan.validation_prompts = len(prompts)
         return plan
     if main:
@@ -802,7 +802,8 @@ def finetune(
 
 def _plan(out: Path, run_info: dict, dataset, lat_cache, stream: EpochStream, position: int, start_step: int, steps: int,
           batch_size: int, world_size: int, rank: int, transformer, trainable: list, with_ema: bool, save_every: int,
-          num_train_timesteps: int, timestep_sampling: str, logit_mean: float, logit_std: float) -> FinetunePlan:
+          num_train_timesteps: int, timestep_sampling: str, logit_mean: float, logit_std: float,
+          optimizer_kind: str = "adamw") -> FinetunePlan:
     """The dry run's answer: what the run set up above would do, read off its own objects."""
     remaining = steps - start_step
     indices = stream.rank_batch(position, batch_size, world_size, rank)
@@ -819,7 +820,9 @@ def _plan(out: Path, run_info: dict, dataset, lat_cache, stream: EpochStream, po
         out=out, run=run_info, start_step=start_step,
         epochs=remaining * run_info["effective_batch_size"] / len(dataset),
         first_batch=first_batch, distinct_captions=len(set(lat_cache.caption(i) for i in range(len(lat_cache)))),
-        timestep_quantiles=quantiles, state_bytes=trained * 4 * (4 + int(with_ema)), frozen_bytes=frozen,
+        timestep_quantiles=quantiles, frozen_bytes=frozen,
+        # fp32 weight and gradient, the two moments (fp32, or 8 bits each), the fp32 moving average
+        state_bytes=trained * (4 + 4 + (2 if optimizer_kind == "adamw8bit" else 8) + 4 * int(with_ema)),
         checkpoints=checkpoints, rank=rank,
     )
 
@@ -877,6 +880,30 @@ def _write_validation_video(bb, transformer, folder: Path, index: int, prompt: s
     write_json(sidecar, {"prompt": prompt, "seed": seed, "step": step, "weights": weights, "sampler": bb.sampler,
                          "steps": num_steps, "cfg": 6.0, "dynamic_cfg": True, "guidance": None})
     return video
+
+
+def check_optimizer(kind: str) -> None:
+    """A one-line error for an unknown --optimizer, or adamw8bit without bitsandbytes installed."""
+    import importlib.util
+
+    if kind not in OPTIMIZERS:
+        raise LamoError(f"--optimizer {kind!r}: use {' or '.join(OPTIMIZERS)}")
+    if kind == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise LamoError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (or pip install -e '.[8bit]')")
+
+
+def make_optimizer(kind: str, params: list, lr: float, betas: tuple[float, float], weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """AdamW: torch's (fused on a GPU: one kernel for all parameters instead of several per tensor;
+    a small model's optimizer step was a quarter of its GPU step time), or bitsandbytes' 8-bit one,
+    whose moments take 2 bytes a weight instead of 8 (a 5B full fine-tune's optimizer state: ~10
+    instead of ~40 GB). Its state goes into checkpoints like AdamW's, and resumes exactly."""
+    check_optimizer(kind)
+    if kind == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=device.type == "cuda")
 
 
 def _past_deadline(accelerator, deadline: float, device: torch.device) -> bool:
