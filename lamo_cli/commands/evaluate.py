@@ -86,9 +86,13 @@ def _table(title: str, overall: dict, per_family: dict) -> Table:
     return table
 
 
+def _rates_lowest_first(law_pass_rates: dict | None) -> list[tuple[float, str]]:
+    return sorted((rate, law) for law, rate in (law_pass_rates or {}).items() if rate is not None)
+
+
 def law_rates_line(overall: dict) -> str:
     """The overall pass rate of each law check, lowest first: which laws hold PC down."""
-    rates = sorted(((rate, law) for law, rate in (overall.get("law_pass_rates") or {}).items() if rate is not None))
+    rates = _rates_lowest_first(overall.get("law_pass_rates"))
     return "  law checks passed, % (lowest first): " + ", ".join(f"{law} {rate:.0f}" for rate, law in rates) if rates else ""
 
 
@@ -101,8 +105,8 @@ def print_comparison(comparison) -> None:
         table.add_column(name, justify="left" if name == "lowest law" else "right", overflow="fold")
     for row in comparison.sets:
         cells = [f"{row[m]['percent']:.0f} ({row[m]['ci'][0]:.0f}-{row[m]['ci'][1]:.0f})" for m in ("SA", "PC", "Joint")]
-        rates = [(rate, law) for law, rate in row["law_pass_rates"].items() if rate is not None]
-        lowest = "{1} {0:.0f}".format(*min(rates)) if rates else "-"
+        rates = _rates_lowest_first(row["law_pass_rates"])
+        lowest = "{1} {0:.0f}".format(*rates[0]) if rates else "-"
         table.add_row(row["set"], str(row["n"]), *cells, f"{row['dynamic']['percent']:.0f}", lowest)
     if comparison.sets:
         console.print(table)

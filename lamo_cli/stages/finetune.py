@@ -617,19 +617,26 @@ def finetune(
     alphas_dev = alphas.to(device)
     every_val = val_every or save_every
 
-    def validate() -> dict[str, Any]:
-        """Held-out loss of the weights that would be saved now (the moving average when there is one)."""
+    @contextlib.contextmanager
+    def weights_that_would_be_saved():
+        """The model in eval mode with the weights a save now would write (the moving average when
+        there is one); the training weights and mode come back afterwards."""
         if ema is not None:
             ema.store(trainable)
             ema.copy_to(trainable)
         unwrapped.eval()
         try:
-            totals = heldout_loss(lambda x, t, c: bb.predict_v(x, t, c, transformer=unwrapped), held, alphas_dev, batch_size,
-                                  device, rank, world_size, autocast, input_dtype)
+            yield
         finally:
             unwrapped.train()
             if ema is not None:
                 ema.restore(trainable)
+
+    def validate() -> dict[str, Any]:
+        """Held-out loss of the weights that would be saved now."""
+        with weights_that_would_be_saved():
+            totals = heldout_loss(lambda x, t, c: bb.predict_v(x, t, c, transformer=unwrapped), held, alphas_dev, batch_size,
+                                  device, rank, world_size, autocast, input_dtype)
         totals = accelerator.reduce(totals.to(device), reduction="sum").cpu() if world_size > 1 else totals
         return heldout_values(totals, held.timesteps)
 
@@ -638,20 +645,10 @@ def finetune(
         written to RUN/validation/step-N (prompt i from seed VALIDATION_SEED + i at every step)."""
         tick = time.perf_counter()
         folder = out / VALIDATION_DIR / checkpoint_name(step)
-        if ema is not None:
-            ema.store(trainable)
-            ema.copy_to(trainable)
-        unwrapped.eval()
-        written = []
-        try:
-            for i in range(rank, len(prompts), world_size):
-                written.append(_write_validation_video(bb, unwrapped, folder, i, prompts[i], val_text[i:i + 1], val_negative, step,
-                                                       val_sample_steps, autocast, fingerprint,
-                                                       "moving average" if ema is not None else "raw"))
-        finally:
-            unwrapped.train()
-            if ema is not None:
-                ema.restore(trainable)
+        with weights_that_would_be_saved():
+            written = [_write_validation_video(bb, unwrapped, folder, i, prompts[i], val_text[i:i + 1], val_negative, step,
+                                               val_sample_steps, autocast, fingerprint, "moving average" if ema is not None else "raw")
+                       for i in range(rank, len(prompts), world_size)]
         counts = _physics_counts(written)
         if world_size > 1:
             counts = accelerator.reduce(counts.to(device), reduction="sum").cpu()
