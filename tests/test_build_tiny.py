@@ -484,3 +484,36 @@ def test_build_tiny_transformer_init_from_starts_from_those_weights(tmp_path, mo
     bad = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "b"), "--transformer-init-from", str(tmp_path), "--no-progress"])
     assert bad.exit_code != 0 and "--transformer-init-from" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "b").exists()
+
+
+def test_build_tiny_frames_sets_the_clip_length_of_world_and_model(tmp_path, monkeypatch):
+    """--frames 17 with --temporal-compression 2: 17-frame world clips and a model folder whose format
+    and transformer say 17 frames (9 latent frames, the shipped transformer's token count); a length
+    without 8 latent frames or not 8k+1 is a one-line error before any work, and so is a rerun whose
+    --frames differs from the clips already in the folder."""
+    import decord
+
+    import lamo_cli.stages.build_tiny as bt
+    from lamo_cli.backbones.cogvideox import tiny_format, tiny_untrained_components
+
+    import lamo_cli.stages.finetune as ft
+
+    monkeypatch.setattr(bt, "train_vae", lambda world_dir, out, steps, **kwargs: {"vae": tiny_untrained_components(temporal_compression=2)["vae"], "l1": 0.1})
+    # the transformer phase hands back the model folder's transformer untrained (its config as built)
+    monkeypatch.setattr(ft, "finetune", lambda out, steps, backbone, **kwargs: shutil.copytree(Path(backbone) / "transformer", out / "transformer"))
+    out = tmp_path / "short"
+    result = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--temporal-compression", "2", "--frames", "17",
+                                      "--vae-steps", "1", "--decoder-steps", "0", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert len(decord.VideoReader(str(sorted((out / "world").glob("*.mp4"))[0]))) == 17
+    fmt = json.loads((out / "model" / "lamo_backbone.json").read_text())["video_format"]
+    assert (fmt["num_frames"], fmt["temporal_compression"]) == (17, 2)
+    assert json.loads((out / "model" / "transformer" / "config.json").read_text())["sample_frames"] == 17
+    assert tiny_format(2, 17).latent_frames == 9 and json.loads((out / "build.json").read_text())["num_frames"] == 17
+    again = CliRunner().invoke(app, ["build-tiny", "--out", str(out), "--clips", "2", "--temporal-compression", "2", "--no-progress"])
+    assert again.exit_code != 0 and "17 frames, not --frames 33" in again.output and "Traceback" not in again.output
+    for options, message in ((["--frames", "17"], "at least 33 with --temporal-compression 4"),
+                             (["--frames", "20", "--temporal-compression", "2"], "--frames 20: use 8k+1 frames, at least 17")):
+        bad = CliRunner().invoke(app, ["build-tiny", "--out", str(tmp_path / "bad"), *options, "--no-progress"])
+        assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output
+        assert not (tmp_path / "bad").exists()

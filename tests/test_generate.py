@@ -193,7 +193,6 @@ def test_videos_decoded_in_pairs_match_one_by_one_and_a_failed_prompt_loses_none
 
     import lamo_cli.sampling
     from lamo_cli.backbones.cogvideox import CogVideoXBackbone
-    from lamo_cli.data.mp4 import write_mp4
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball falls\ntwo cubes collide\na pendulum swings\n")
@@ -211,8 +210,17 @@ def test_videos_decoded_in_pairs_match_one_by_one_and_a_failed_prompt_loses_none
             raise RuntimeError("injected sampling failure")
         return real_sample(*a, **k)
 
+    import lamo_cli.data.mp4 as mp4
+
+    real_write, written = mp4.write_mp4, {}
+
+    def recording_write(path, frames, **kwargs):  # the decoded frames, before H.264 (which amplifies rounding)
+        written[Path(path).stem] = np.array(frames)
+        real_write(path, frames, **kwargs)
+
     monkeypatch.setattr(CogVideoXBackbone, "clips_per_vae_call", lambda self: 2)
     monkeypatch.setattr(lamo_cli.sampling, "sample", sample_failing_second)
+    monkeypatch.setattr(mp4, "write_mp4", recording_write)
     result = _run(args + ["--out", str(tmp_path / "pairs")])
     assert result.exit_code == 1, result.output
     assert "001 'two cubes collide'" in result.output and "injected sampling failure" in result.output
@@ -221,10 +229,11 @@ def test_videos_decoded_in_pairs_match_one_by_one_and_a_failed_prompt_loses_none
         one, pair = tmp_path / "single" / name, tmp_path / "pairs" / name
         latent = _latent(pair.with_suffix(".latent.safetensors"))[0]
         torch.testing.assert_close(latent, _latent(one.with_suffix(".latent.safetensors"))[0], atol=0, rtol=0)
-        # Decoded beside another clip, each clip is what decoding it alone gives (bit for bit).
-        write_mp4(tmp_path / "alone.mp4", tiny.decode_latents(latent[None])[0], fps=8.0)
-        frames = [decord.VideoReader(str(p)).get_batch(list(range(17))).asnumpy() for p in (tmp_path / "alone.mp4", pair.with_suffix(".mp4"))]
-        assert np.array_equal(*frames)
+        # Decoded beside another clip, each clip is what decoding it alone gives, up to one grey level
+        # (the CPU kernels torch picks can differ by thread; a swapped or mixed clip differs by far more).
+        alone = tiny.decode_latents(latent[None])[0].astype(int)
+        assert np.abs(written[name].astype(int) - alone).max() <= 1
+        assert len(decord.VideoReader(str(pair.with_suffix(".mp4")))) == 17
         timing = json.loads(pair.with_suffix(".json").read_text())["timing"]
         assert timing["clips_decoded_together"] == 2
     assert json.loads((tmp_path / "single" / f"{names[1]}.json").read_text())["timing"]["clips_decoded_together"] == 1

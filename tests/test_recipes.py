@@ -74,11 +74,12 @@ def test_precedence_typed_beats_recipe_beats_default(tmp_path):
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({}, {"device": "cuda", "vae_minutes": 3.5, "transformer_batch_size": 128, "save_every": 200}),
+    ({}, {"device": "cuda", "vae_minutes": 3.5, "transformer_batch_size": 128, "save_every": 200, "frames": 33}),
+    ({"FRAMES": "17"}, {"device": "cuda", "frames": 17}),
     ({"DEVICE": "cpu", "VAE_MINUTES": "0", "TRANSFORMER_MINUTES": "0", "TRANSFORMER_BATCH": "32", "TRANSFORMER_LR": "5e-4",
       "TRANSFORMER_STEPS": "6000", "SAVE_EVERY": "10"},
      {"device": "cpu", "vae_minutes": 0.0, "transformer_batch_size": 32, "transformer_lr": 5e-4, "transformer_steps": 6000, "save_every": 10}),
-], ids=["gpu", "cpu"])
+], ids=["gpu", "gpu-17-frames", "cpu"])
 def test_the_2x_build_script_passes_options_build_tiny_accepts(tmp_path, env, expected):
     """recipes/experiments/tiny-2x-build.sh (a build of hours on a CPU, minutes on a GPU) hands
     build-tiny a command line that its parser accepts, with the settings its header promises: run

@@ -534,21 +534,31 @@ TINY_TEXT_LEN = 32  # word tokens: the longest world caption is 22 words and a c
 
 
 TINY_TEMPORAL_CHOICES = (2, 4)  # 33 frames -> 17 or 9 latent frames (the drift needs >= 8)
+TINY_MIN_LATENT_FRAMES = 8  # the drift compares pairs of latent frames; the physics-world spec asks for 8
 
 
-def tiny_format(temporal_compression: int = 4) -> VideoFormat:
-    """The `tiny` clip format with 4x (shipped) or 2x temporal compression."""
+def tiny_format(temporal_compression: int = 4, num_frames: int = TINY_FORMAT.num_frames) -> VideoFormat:
+    """The `tiny` clip format with 4x (shipped) or 2x temporal compression, at `num_frames` frames
+    (8k+1, so that the VAE decodes the same count back; at least 8 latent frames)."""
+    from lamo_cli.errors import LamoError
+
     if temporal_compression not in TINY_TEMPORAL_CHOICES:
-        from lamo_cli.errors import LamoError
-
         raise LamoError(f"--temporal-compression {temporal_compression}: use 4 (as the shipped tiny) or 2")
-    return dataclasses.replace(TINY_FORMAT, temporal_compression=temporal_compression)
+    latent_frames = (num_frames - 1) // temporal_compression + 1
+    if num_frames < 9 or (num_frames - 1) % 8 or latent_frames < TINY_MIN_LATENT_FRAMES:
+        shortest = (TINY_MIN_LATENT_FRAMES - 1) * temporal_compression + 1
+        shortest += -(shortest - 1) % 8  # up to the next 8k+1
+        raise LamoError(f"--frames {num_frames}: use 8k+1 frames, at least {shortest} with --temporal-compression "
+                        f"{temporal_compression} (so that a clip has >= {TINY_MIN_LATENT_FRAMES} latent frames)")
+    return dataclasses.replace(TINY_FORMAT, temporal_compression=temporal_compression, num_frames=num_frames)
 
 
-def tiny_untrained_components(text_length: int = TINY_TEXT_LEN, temporal_compression: int = 4) -> dict[str, Any]:
+def tiny_untrained_components(text_length: int = TINY_TEXT_LEN, temporal_compression: int = 4,
+                               num_frames: int = TINY_FORMAT.num_frames) -> dict[str, Any]:
     """The `tiny` architecture before training: a 3-block VAE (4x spatial, 4x or 2x temporal, 8 latent
-    channels), a small frozen random T5 over caption words, and a 4-layer transformer (2B-style sincos)."""
-    return _small_components(tiny_format(temporal_compression), TINY_RANDOM_SEED + 1, vae_blocks=(32, 32, 64), latent_channels=8,
+    channels), a small frozen random T5 over caption words, and a 4-layer transformer (2B-style sincos).
+    No weight depends on the clip length or the temporal compression, so one set loads into any of them."""
+    return _small_components(tiny_format(temporal_compression, num_frames), TINY_RANDOM_SEED + 1, vae_blocks=(32, 32, 64), latent_channels=8,
                              text_dim=64, heads=4, head_dim=48, layers=4, time_dim=128, text_length=text_length, rope=False,
                              word_level=True)
 

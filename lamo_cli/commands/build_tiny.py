@@ -22,7 +22,8 @@ def command(
     decoder_motion_weight: Annotated[Optional[float], typer.Option(help="Frame-difference weight of the decoder phase (default: --motion-weight after a motion phase, 0 without one); set it to continue an existing VAE's decoder alone with that loss (--vae-init-from, --vae-steps 0, --motion-steps 0).", show_default=False)] = None,
     moment_weight: Annotated[float, typer.Option(help="Weight of the moment loss (per colour: area, centroid and spread of the discs) in the motion and decoder phases (0 = off, as the shipped tiny).")] = 0.0,
     decoder_steps: Annotated[int, typer.Option(help="Then steps of fine-tuning the VAE decoder alone on noisy latents (0 = skip).")] = 800,
-    temporal_compression: Annotated[int, typer.Option(help="Frames per latent frame: 4 (as the shipped tiny: 9 latent frames) or 2 (17 latent frames; a sharper VAE, ~2.3x the transformer cost).")] = 4,
+    temporal_compression: Annotated[int, typer.Option(help="Frames per latent frame: 4 (as the shipped tiny: 9 latent frames) or 2 (a sharper VAE; 17 latent frames at 33 frames, ~2.3x the transformer cost, or 9 with --frames 17).")] = 4,
+    frames: Annotated[int, typer.Option(help="Frames per clip (8k+1, at least 8 latent frames): 33 (as the shipped tiny) or 17 with --temporal-compression 2 (9 latent frames: the 2x VAE at the 4x transformer cost).")] = 33,
     transformer_steps: Annotated[int, typer.Option(help="Transformer training steps (from scratch).")] = 6000,
     transformer_batch_size: Annotated[int, typer.Option(help="Transformer batch size.")] = 8,
     transformer_lr: Annotated[float, typer.Option(help="Transformer peak learning rate (cosine decay after warm-up).")] = 5e-4,
@@ -49,7 +50,7 @@ def command(
 
     summary = build_tiny(out=out, clips=clips, seed=seed, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_small_crop_steps=vae_small_crop_steps, motion_steps=motion_steps,
                          motion_weight=motion_weight, decoder_motion_weight=decoder_motion_weight, moment_weight=moment_weight, decoder_steps=decoder_steps,
-                         temporal_compression=temporal_compression, transformer_steps=transformer_steps,
+                         temporal_compression=temporal_compression, num_frames=frames, transformer_steps=transformer_steps,
                          transformer_batch_size=transformer_batch_size, transformer_lr=transformer_lr,
                          transformer_ema_decay=transformer_ema_decay, transformer_timestep_sampling=transformer_timestep_sampling,
                          transformer_logit_mean=transformer_logit_mean, transformer_logit_std=transformer_logit_std,

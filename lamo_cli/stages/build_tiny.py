@@ -419,6 +419,7 @@ def build_tiny(
     decoder_latent_noise: float = 0.4,
     decoder_motion_weight: float | None = None,
     temporal_compression: int = 4,
+    num_frames: int = 33,
     transformer_steps: int = 6000,
     transformer_batch_size: int = 8,
     transformer_lr: float = 5e-4,
@@ -468,7 +469,7 @@ def build_tiny(
     from lamo_cli.stages.finetune import finetune, read_validation_prompts, validate_settings
     from lamo_cli.training import read_json_checked
 
-    fmt = tiny_format(temporal_compression)  # these fail before any work on a bad value
+    fmt = tiny_format(temporal_compression, num_frames)  # these fail before any work on a bad value
     device = str(resolve_device(device))
     checks = [  # all before any work: a bad option would otherwise fail hours later, after the VAE phases
         (clips >= 1, f"--clips {clips}: must be at least 1"),
@@ -499,7 +500,7 @@ def build_tiny(
         except LamoError as exc:
             raise LamoError(str(exc).replace("--val-prompts", "--transformer-val-prompts", 1)) from None
     if vae_init_from is not None or transformer_init_from is not None:  # a wrong folder fails here, before any work
-        untrained = tiny_untrained_components(temporal_compression=temporal_compression)
+        untrained = tiny_untrained_components(temporal_compression=temporal_compression, num_frames=num_frames)
         if vae_init_from is not None:
             _load_vae_weights(untrained["vae"], vae_init_from)
         if transformer_init_from is not None:
@@ -520,6 +521,11 @@ def build_tiny(
 
     # 1. world
     if (world_dir / "metadata.jsonl").is_file():
+        states = sorted(world_dir.glob("*.state.json"))
+        made_with = int(read_json_checked(states[0])["num_frames"]) if states else fmt.num_frames
+        if made_with != fmt.num_frames:  # its clips would train a VAE and transformer of another length
+            raise LamoError(f"{world_dir}: its clips have {made_with} frames, not --frames {fmt.num_frames}; "
+                            f"rerun with --frames {made_with}, or use a new --out")
         summary.phases["world"] = "skipped (exists)"
     else:
         write_world(world_dir, clips, split="train", seed=seed, num_frames=fmt.num_frames, size=fmt.height)
@@ -575,7 +581,7 @@ def build_tiny(
         factor = summary.scaling_factor = latent_scaling_factor(vae.to(device), frames)  # on the GPU when training was
         vae, frames = vae.cpu(), None
         vae.register_to_config(scaling_factor=factor)
-        parts = tiny_untrained_components(temporal_compression=temporal_compression)
+        parts = tiny_untrained_components(temporal_compression=temporal_compression, num_frames=num_frames)
         parts["vae"] = vae
         backbone = CogVideoXBackbone("tiny", parts.__getitem__, fmt, "cpu")
         tmp = model_dir.with_name(model_dir.name + ".tmp")
@@ -629,7 +635,8 @@ def build_tiny(
     shutil.rmtree(model_dir / "transformer")
     shutil.copytree(trained_transformer, model_dir / "transformer")
     summary.phases["transformer"] = "done"
-    write_json(out / "build.json", {"clips": clips, "seed": seed, "temporal_compression": temporal_compression, "vae_steps": vae_steps,
+    write_json(out / "build.json", {"clips": clips, "seed": seed, "temporal_compression": temporal_compression,
+                                    "num_frames": num_frames, "vae_steps": vae_steps,
                                     "vae_batch_size": vae_batch_size,
                                     "vae_small_crop_steps": vae_small_crop_steps, "motion_steps": motion_steps,
                                     "motion_weight": motion_weight, "moment_weight": moment_weight, "decoder_steps": decoder_steps,

@@ -19,6 +19,9 @@
 # transformer alone: VAE_INIT=that/model MOTION_STEPS=0 DECODER_STEPS=0 VAE_MINUTES=0 (its latent
 # scaling factor is measured again on the clips).
 #
+# FRAMES=17 builds 2.1 s clips (9 latent frames at 2x, the shipped transformer's token count: a
+# third of the cost of a transformer step at 33 frames; docs/RESULTS.md, "17 frames at 2x").
+#
 # The transformer phase writes validation videos of VAL_PROMPTS (12 test prompts) at its step 0 and
 # every VAL_EVERY steps into $OUT/transformer-run/validation/; score them step by step with
 #   lamo eval $OUT/transformer-run/validation/step-* --compare
@@ -30,6 +33,7 @@ set -euo pipefail
 OUT=${OUT:-tiny-gpu}
 DEVICE=${DEVICE:-cuda}
 CLIPS=${CLIPS:-3000}
+FRAMES=${FRAMES:-33}
 VAE_MINUTES=${VAE_MINUTES:-3.5}
 TRANSFORMER_MINUTES=${TRANSFORMER_MINUTES:-4}
 VAE_INIT=${VAE_INIT-lamo_cli/weights/tiny}
@@ -50,7 +54,7 @@ TRANSFORMER_START=()
 [ -z "$TRANSFORMER_INIT" ] || TRANSFORMER_START=(--transformer-init-from "$TRANSFORMER_INIT")
 [ -z "$VAL_PROMPTS" ] || TRANSFORMER_START+=(--transformer-val-prompts "$VAL_PROMPTS" --transformer-val-every "$VAL_EVERY")
 
-$LAMO build-tiny --out "$OUT" --device "$DEVICE" --clips "$CLIPS" --temporal-compression 2 \
+$LAMO build-tiny --out "$OUT" --device "$DEVICE" --clips "$CLIPS" --frames "$FRAMES" --temporal-compression 2 \
   --vae-batch-size "$VAE_BATCH" "${FIRST_VAE_PHASE[@]}" --motion-steps "$MOTION_STEPS" --moment-weight 0.5 \
   --decoder-steps "$DECODER_STEPS" --vae-minutes "$VAE_MINUTES" --save-every "$SAVE_EVERY" \
   --transformer-batch-size "$TRANSFORMER_BATCH" --transformer-lr "$TRANSFORMER_LR" --transformer-steps "$TRANSFORMER_STEPS" "${TRANSFORMER_START[@]}" \
