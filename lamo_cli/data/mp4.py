@@ -32,7 +32,6 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, crf
             stream.height = frames.shape[1]
             stream.pix_fmt = "yuv444p"
             stream.options = {"crf": str(crf), "preset": "medium"}
-            stream.codec_context.thread_count = 1  # one encoder thread: the same frames give the same bytes, even on a busy machine
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
