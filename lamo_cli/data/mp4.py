@@ -32,6 +32,11 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, crf
             stream.height = frames.shape[1]
             stream.pix_fmt = "yuv444p"
             stream.options = {"crf": str(crf), "preset": "medium"}
+            if frames.shape[1] * frames.shape[2] <= 128 * 128:
+                # Small clips (the physics world's) without x264's SIMD code: with torch loaded in the same
+                # process its assembly wrote different bytes for the same frames from call to call, and the
+                # C code does not; at these sizes it costs nothing.
+                stream.options = {**stream.options, "x264-params": "asm=0"}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
