@@ -99,6 +99,20 @@ def test_ground_truth_renders_pass_per_family(family, tmp_path):
     assert summary["n"] == len(results) and summary["Joint"] >= 99.0
 
 
+@pytest.mark.parametrize("family", W.FAMILIES)
+def test_ground_truth_17_frame_renders_pass_per_family(family):
+    """`lamo world --frames 17` clips are judged and pass too: a slow occluded disc that cannot come
+    out again within 17 frames flies clear for 6 frames first (its acceleration is judged on them).
+    The one exception allowed: a throw that lands within ~3 frames and slides on without a bounce
+    shows no free flight to judge (its laws fail nothing; PC reads it as unjudged)."""
+    results = [P.score_frames(W.render_clip(clip), clip.caption)
+               for split in ("train", "ood") for index in range(12)
+               for clip in [W.simulate_clip(family, W.clip_rng(124, split, index), split, num_frames=17)]]
+    failures = [(r["caption"], r["failed_laws"], r["failed_attributes"]) for r in results if not r["Joint"]]
+    assert len(failures) <= 1, failures
+    assert all(laws == ["unjudged:accel"] and not attributes for _, laws, attributes in failures), failures
+
+
 def _bouncing_track(depth: float, contact: float, frames: int = 20) -> Track:
     """A disc of radius 3 px falling at 0.5 px/frame^2 and bouncing (e = 0.8) with its bottom
     `depth` px below the floor at time `contact` (between frames), positions exact in float64."""
@@ -224,6 +238,31 @@ def test_frozen_video_is_not_dynamic_and_fails_pc():
         assert moving["dynamic"] is True and moving["PC"] is True
     agg = P.aggregate([result, moving])
     assert agg["overall"]["dynamic"] == 50.0
+
+
+def test_video_whose_defining_law_cannot_be_judged_fails_pc():
+    """No law failing is not enough: a 17-frame occlude clip whose slow disc reaches the bar after
+    two frames and is behind it to the end leaves too little free flight to fit an acceleration,
+    so PC fails as "unjudged:accel"."""
+    params = W.sample_params("occlude", np.random.default_rng(3), "train",
+                             {"num_frames": 17, "speed": "slow", "direction": "right"})
+    (x, _), (v, _), r = params["bodies"][0]["pos"], params["bodies"][0]["vel"], params["radii"][0]
+    occluder = params["occluder"]
+    width = occluder["x1"] - occluder["x0"]
+    occluder["x0"] = x + r + 2 * v * W.DT  # the disc's leading edge reaches the bar at frame 2
+    occluder["x1"] = occluder["x0"] + width
+    clip = W.simulate_params(params, 17, split="train", caption_rng=np.random.default_rng(3))
+    result = P.score_frames(W.render_clip(clip), clip.caption)
+    assert all(law["pass"] is not False for law in result["laws"].values())
+    assert result["dynamic"] is True and result["SA"] is True
+    assert result["unjudged_laws"] == ["accel"] and result["failed_laws"] == ["unjudged:accel"]
+    assert result["PC"] is False and result["Joint"] is False
+    long_clip = W.simulate_clip("occlude", W.clip_rng(321, "train", 7), "train")  # 33 frames: judged
+    judged = P.score_frames(W.render_clip(long_clip), long_clip.caption)
+    assert judged["unjudged_laws"] == [] and judged["PC"] is True
+    assert P.aggregate([result, judged])["overall"]["judged"] == 50.0
+    assert set(P.DEFINING_LAWS) == set(W.FAMILIES)
+    assert all(set(laws) <= set(P.FAMILY_LAWS[f]) for f, laws in P.DEFINING_LAWS.items())
 
 
 # ==================================================================== attributes

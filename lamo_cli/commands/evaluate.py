@@ -71,7 +71,7 @@ def _pct(value) -> str:
 
 def _table(title: str, overall: dict, per_family: dict) -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("family", "n", "SA%", "PC%", "Joint%", "dyn%", "accel", "resid px"):
+    for name in ("family", "n", "SA%", "PC%", "Joint%", "dyn%", "judged%", "accel", "resid px"):
         table.add_column(name, justify="left" if name == "family" else "right", no_wrap=True)
     rows = list(per_family.items()) + [("overall", overall)]
     for name, block in rows:
@@ -80,7 +80,7 @@ def _table(title: str, overall: dict, per_family: dict) -> Table:
         smooth = medians.get("smooth")
         table.add_row(
             f"[bold]{name}[/]" if name == "overall" else name, str(block["n"]), _pct(block["SA"]), _pct(block["PC"]),
-            _pct(block["Joint"]), _pct(block["dynamic"]), "-" if accel is None else f"{accel:.3f}",
+            _pct(block["Joint"]), _pct(block["dynamic"]), _pct(block.get("judged")), "-" if accel is None else f"{accel:.3f}",
             "-" if smooth is None else f"{smooth:.3f}",
         )
     return table

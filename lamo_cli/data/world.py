@@ -550,15 +550,18 @@ def sample_params(family: str, rng: np.random.Generator, split: str = "train", c
         width = 2 * r + max(0.03, 0.14 * v) + _uniform(rng, (0.0, 0.01))  # fully hidden for >= ~1 frame
         span = (_num_frames_hint(choices) - 1) * DT
         pass_time = (width + 2 * r + 0.07) / v  # partly hidden (with the tracker's 2 px margin) until clear
+        # Where the whole pass fits (33 frames), >= 0.4 s of flight before the bar; where it cannot (17
+        # frames, a slow disc), 6 clear frames instead, so that the flight in is long enough to judge.
+        earliest = 0.4 if span - pass_time - 0.35 >= 0.4 else 6 * DT
         for _ in range(200):  # room before the bar, the pass, and clean frames after it before the wall
             x0 = r + 0.02 + _uniform(rng, (0.0, 0.08))
-            t_enter = _uniform(rng, (0.4, max(0.4, min(1.0, span - pass_time - 0.35))))
+            t_enter = _uniform(rng, (earliest, max(earliest, min(1.0, span - pass_time - 0.35))))
             centre = x0 + r + v * t_enter + width / 2
             if centre - width / 2 >= 0.2 and centre + width / 2 + 2 * r + v * 0.3 <= 0.99:
                 break
         else:
             x0 = r + 0.02
-            centre = x0 + r + v * 0.4 + width / 2
+            centre = x0 + r + v * earliest + width / 2
         if direction == "left":
             x0, centre, v = 1.0 - x0, 1.0 - centre, -v
         p["occluder"] = {"x0": centre - width / 2, "x1": centre + width / 2, "y0": FLOOR_Y,

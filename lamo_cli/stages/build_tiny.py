@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamo_cli.backbones.cogvideox import TINY_FORMAT
 from lamo_cli.errors import LamoError
 
 
@@ -418,8 +419,8 @@ def build_tiny(
     decoder_steps: int = 800,
     decoder_latent_noise: float = 0.4,
     decoder_motion_weight: float | None = None,
-    temporal_compression: int = 4,
-    num_frames: int = 33,
+    temporal_compression: int = TINY_FORMAT.temporal_compression,
+    num_frames: int = TINY_FORMAT.num_frames,
     transformer_steps: int = 6000,
     transformer_batch_size: int = 8,
     transformer_lr: float = 5e-4,

@@ -7,7 +7,7 @@
    own check, and how often it fails nothing else. The bar: 100% and 100%.
 
     python recipes/experiments/score_calibration.py [--clips 40] [--corruptions 20] [--seed 321] \
-        [--out calibration.json]
+        [--frames 33] [--out calibration.json]
 
 `--clips` is per family and split (so 18 x clips renders), `--corruptions` per kind.
 """
@@ -43,13 +43,14 @@ def failures(result: dict) -> set[str]:
     return set(result["failed_laws"]) | {f"attribute:{name}" for name in result["failed_attributes"]}
 
 
-def ground_truth(clips: int, seed: int, folder: Path, progress: bool = True) -> dict[str, dict]:
+def ground_truth(clips: int, seed: int, folder: Path, progress: bool = True,
+                 num_frames: int = world.DEFAULT_FRAMES) -> dict[str, dict]:
     """Per family: n, Joint / SA / PC in percent, and failed checks by count."""
     out = {}
     jobs = [(f, s, i) for f in world.FAMILIES for s in SPLITS for i in range(clips)]
     results: dict[str, list[dict]] = {f: [] for f in world.FAMILIES}
     for family, split, index in tqdm(jobs, desc="ground truth", disable=not progress):
-        clip = world.simulate_clip(family, world.clip_rng(seed, split, index), split)
+        clip = world.simulate_clip(family, world.clip_rng(seed, split, index), split, num_frames=num_frames)
         result = physics.score_frames(mp4_round_trip(world.render_clip(clip), folder), clip.caption)
         results[family].append({**result, "split": split, "index": index})
     for family, rows in results.items():
@@ -63,7 +64,8 @@ def ground_truth(clips: int, seed: int, folder: Path, progress: bool = True) -> 
     return out
 
 
-def corruptions(per_kind: int, seed: int, folder: Path, progress: bool = True) -> dict[str, dict]:
+def corruptions(per_kind: int, seed: int, folder: Path, progress: bool = True,
+                num_frames: int = world.DEFAULT_FRAMES) -> dict[str, dict]:
     """Per corruption kind: n, caught (its own check fails) and exclusive (nothing else fails) in percent."""
     out = {}
     for kind in tqdm(sorted(physics.CORRUPTION_CASES), desc="corruptions", disable=not progress):
@@ -72,7 +74,8 @@ def corruptions(per_kind: int, seed: int, folder: Path, progress: bool = True) -
         caught = exclusive = n = draw = 0
         escaped = []
         while n < per_kind:
-            clip = world.simulate_clip(family, np.random.default_rng([seed, draw]), "test", choices=choices, mention=mention)
+            clip = world.simulate_clip(family, np.random.default_rng([seed, draw]), "test", num_frames=num_frames,
+                                       choices=choices, mention=mention)
             draw += 1
             if not physics.corruption_applies(kind, clip):
                 continue
@@ -93,15 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=40, help="clean clips per family and split")
     parser.add_argument("--corruptions", type=int, default=20, help="corrupted clips per kind")
     parser.add_argument("--seed", type=int, default=321)
+    parser.add_argument("--frames", type=int, default=world.DEFAULT_FRAMES, help="clip length (lamo world --frames)")
     parser.add_argument("--out", type=Path, default=Path("calibration.json"))
     args = parser.parse_args(argv)
     if args.clips < 1 or args.corruptions < 0:
         print("error: --clips must be >= 1 and --corruptions >= 0", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        report = {"clips_per_family_and_split": args.clips, "seed": args.seed,
-                  "ground_truth": ground_truth(args.clips, args.seed, Path(tmp)),
-                  "corruptions": corruptions(args.corruptions, args.seed, Path(tmp)) if args.corruptions else {}}
+        report = {"clips_per_family_and_split": args.clips, "seed": args.seed, "frames": args.frames,
+                  "ground_truth": ground_truth(args.clips, args.seed, Path(tmp), num_frames=args.frames),
+                  "corruptions": corruptions(args.corruptions, args.seed, Path(tmp), num_frames=args.frames)
+                  if args.corruptions else {}}
     print("family      n  Joint%  SA%  PC%  failed checks")
     for family, row in report["ground_truth"].items():
         print(f"{family:10s} {row['n']:3d}  {row['Joint']:5.1f} {row['SA']:5.1f} {row['PC']:5.1f}  {row['failed_checks'] or '-'}")
